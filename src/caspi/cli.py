@@ -1,0 +1,169 @@
+"""The `caspi` command line: parse, load the recipe, call one library function, map errors to exit codes.
+
+Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 the Phase 0 gate says STOP. A `CaspiError` is printed as
+one message; `--debug` shows the traceback. Heavy imports (torch, lhotse, transformers) happen inside commands
+so `caspi --help` and `validate-recipe` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from caspi.errors import CaspiError, ConfigError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_STOP = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (exit 2, one message) instead of printing usage and exiting itself."""
+
+    def error(self, message):
+        raise ConfigError(f"{self.prog}: {message}\n(run `{self.prog} --help` for usage)")
+
+
+def _load_recipe(path: str | None, overrides: list[str]):
+    """The recipe at `path` (or the defaults) with `key.sub=value` overrides applied and validated."""
+    from caspi.config import apply_overrides, load_recipe, validate_recipe_dict
+
+    if path is None:
+        return validate_recipe_dict(apply_overrides({"name": "default"}, overrides), "<defaults + overrides>")
+    return load_recipe(path, overrides)
+
+
+def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Positional words → (plain arguments, `key.sub=value` overrides)."""
+    return [i for i in items if "=" not in i], [i for i in items if "=" in i]
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+
+
+def cmd_validate_recipe(args) -> int:
+    from caspi.config import load_recipe
+
+    paths, overrides = _split_overrides(args.items)
+    if not paths:
+        raise ConfigError("validate-recipe: give at least one recipe file")
+    for path in paths:
+        recipe = load_recipe(path, overrides)
+        hw, t = recipe.hardware, recipe.train
+        print(f"{path}: OK  ({recipe.name})")
+        print(f"  model        {recipe.model.family}  {recipe.model.tiny and 'tiny-' + recipe.model.tiny or recipe.model.name_or_path}")
+        print(f"  hardware     {hw.world_size} × {hw.accelerator}{' ' + hw.gpu_type if hw.gpu_type else ''}")
+        print(f"  batch        micro {t.micro_batch} × world {hw.world_size} × accumulation "
+              f"{recipe.grad_accumulation} = effective {t.effective_batch}")
+        for phase in recipe.unfreeze.phases:
+            lrs = ", ".join(f"{g} {lr:g}" for g, lr in phase.lr.items())
+            print(f"  phase {phase.name:<6} from epoch {phase.start_epoch}: {lrs}")
+    return EXIT_OK
+
+
+def cmd_synth(args) -> int:
+    from caspi.data.synth import synthesize
+
+    summary = synthesize(
+        args.out, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed, error_rate=args.error_rate,
+        workers=args.workers, progress=not args.quiet,
+    )
+    print(f"wrote {summary}")
+    return EXIT_OK
+
+
+def cmd_import(args) -> int:
+    from caspi.data.manifest import import_source
+
+    max_duration = args.max_duration
+    if max_duration is None and args.recipe is not None:
+        max_duration = _load_recipe(args.recipe, args.overrides).data.max_duration
+    result = import_source(
+        args.source, args.out, domain=args.domain, text_field=args.text_field, audio_field=args.audio_field,
+        id_field=args.id_field, split=args.split, max_duration=max_duration, strict=args.strict,
+        workers=args.workers, progress=not args.quiet,
+    )
+    print(result.summary() if hasattr(result, "summary") else result)
+    return EXIT_OK
+
+
+def cmd_stats(args) -> int:
+    from caspi.data.stats import render_table, stats_for_manifest
+
+    stats = stats_for_manifest(args.manifest)
+    if args.json:
+        print(json.dumps(stats.to_json(), ensure_ascii=False, indent=2))
+    else:
+        print(render_table(stats))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="caspi", description="Fine-tune speech-LLM ASR models for Hebrew.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("validate-recipe", help="check recipe files; report every problem at once")
+    p.add_argument("items", nargs="+", metavar="RECIPE|KEY=VALUE",
+                   help="recipe YAML files, and overrides such as train.max_steps=100")
+    p.set_defaults(func=cmd_validate_recipe)
+
+    p = sub.add_parser("synth", help="synthesise a Hebrew corpus with espeak-ng (4 domains, planted errors)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n-train", type=int, default=200)
+    p.add_argument("--n-eval", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--error-rate", type=float, default=0.0, help="share of training samples given planted errors")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("import", help="import a dataset into a validated Lhotse manifest")
+    p.add_argument("source", help="HF dataset id, save_to_disk folder, parquet, NeMo JSONL, audio folder or "
+                                  "Lhotse manifest")
+    p.add_argument("--out", required=True, help="manifest to write (.jsonl.gz)")
+    p.add_argument("--domain", help="domain name for every sample (default: a `domain` field, else the source)")
+    p.add_argument("--text-field", help="transcript column/field")
+    p.add_argument("--audio-field", help="audio column (HF datasets)")
+    p.add_argument("--id-field", help="id column/field")
+    p.add_argument("--split", help="dataset split (HF datasets; default train)")
+    p.add_argument("--recipe", help="take data.max_duration from this recipe")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. data.max_duration=20")
+    p.add_argument("--max-duration", type=float, help="reject clips longer than this (seconds)")
+    p.add_argument("--strict", action="store_true", help="fail on the first bad sample instead of skipping it")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("stats", help="per-domain counts, hours, duration percentiles, characters per second")
+    p.add_argument("manifest")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return EXIT_USAGE
+        return int(args.func(args) or EXIT_OK)
+    except CaspiError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"caspi: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("caspi: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,424 @@
+"""Typed recipes: one YAML file describes a whole run, validated before any GPU work.
+
+A recipe is loaded from YAML (optionally on top of a `base:` recipe), `key.sub=value` overrides are applied, and
+the result is validated in one pass: every unknown key, bad value and inconsistent combination is reported at
+once, each with its dotted path (`train.micro_batch: ...`). The models are frozen: code reads a recipe, never
+edits it. Fields that later stages consume (audit scorers, plan/doctor) are declared where their stage needs
+them; nothing here pretends a feature exists.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from caspi.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    family: Literal["qwen3_asr", "whisper"] = "qwen3_asr"
+    name_or_path: str = "Qwen/Qwen3-ASR-1.7B-hf"  # hub id or local folder
+    revision: str | None = None  # hub revision (commit/tag) recorded in every checkpoint
+    tiny: Literal["xs", "s"] | None = None  # build a tiny random model of the real architecture instead
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # weights dtype; features are cast to it
+    language: str = "Hebrew"  # the tag in the assistant prefill `language Hebrew<asr_text>`
+
+
+class HardwareConfig(_Section):
+    accelerator: Literal["cuda", "cpu"] = "cuda"
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(1, ge=1)  # processes per node (torchrun --nproc_per_node); 1 on CPU
+    gpu_type: str | None = None  # e.g. "A100-40GB", for plan/doctor and the run metadata
+    gpu_memory_gib: float | None = Field(None, gt=0)  # per device
+    price_per_gpu_hour: float | None = Field(None, ge=0)  # USD, for plan's cost figure
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+class DataConfig(_Section):
+    train_manifest: str | None = None  # Lhotse CutSet .jsonl.gz (the audit's cleaned manifest for real runs)
+    eval_manifest: str | None = None
+    max_duration: float = Field(15.0, gt=0)  # seconds; longer clips are rejected at import, skipped in training
+    min_duration: float = Field(0.0, ge=0)  # seconds
+    num_workers: int = Field(2, ge=0)  # DataLoader worker processes per rank
+
+
+class SpecAugmentConfig(_Section):
+    enabled: bool = True
+    freq_masks: int = Field(2, ge=0)  # number of frequency masks
+    max_freq_width: int = Field(27, ge=0)  # mel bins per frequency mask, at most
+    time_masks: int = Field(10, ge=0)  # number of time masks
+    max_time_width: float = Field(0.05, ge=0, le=1)  # fraction of the utterance per time mask, at most
+    time_warp: bool = False
+
+
+class AugmentConfig(_Section):
+    speed_factors: list[float] = Field(default_factory=lambda: [0.9, 1.0, 1.1])  # [] or [1.0] disables
+    spec_augment: SpecAugmentConfig = SpecAugmentConfig()
+
+    @model_validator(mode="after")
+    def _positive_factors(self):
+        bad = [f for f in self.speed_factors if not 0.5 <= f <= 2.0]
+        if bad:
+            raise ValueError(f"speed_factors must lie in [0.5, 2.0], got {bad}")
+        return self
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(5, ge=1)
+    micro_batch: int = Field(2, ge=1)  # cuts per micro-batch per process (the sampler's max_cuts)
+    effective_batch: int = Field(64, ge=1)  # cuts per optimizer step over all processes and accumulation
+    max_batch_duration: float | None = Field(None, gt=0)  # seconds of padded audio per micro-batch; None: no cap
+    num_buckets: int = Field(30, ge=1)  # duration buckets of the sampler
+    seed: int = 42
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps; a cap that ends a run early
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = Field(1.0, gt=0)  # max global grad norm; None disables clipping
+    warmup_steps: int = Field(100, ge=0)  # linear warmup at the start of each phase
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup, per phase
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on CUDA; fp32 on CPU unless bf16 asked
+    gradient_checkpointing: bool = True
+    ctc_aux_weight: float = Field(0.0, ge=0, lt=1)  # hybrid CTC/attention weight (REFERENCE.md); 0 disables
+    max_bad_steps: int = Field(10, ge=1)  # consecutive NaN/inf-loss steps before the run stops
+    log_every_steps: int = Field(10, ge=1)
+    save_every_steps: int = Field(500, ge=1)
+    keep_last: int = Field(3, ge=1)  # checkpoints kept besides the best-by-WER
+
+    def grad_accumulation(self, world_size: int) -> int:
+        """Micro-batches per optimizer step, derived so the effective batch holds for any GPU count."""
+        per_step = self.micro_batch * world_size
+        if self.effective_batch % per_step:
+            raise ConfigError(
+                f"train.effective_batch={self.effective_batch} is not a multiple of "
+                f"micro_batch × world_size = {self.micro_batch} × {world_size} = {per_step}"
+            )
+        return self.effective_batch // per_step
+
+
+class GroupSpec(_Section):
+    """A parameter group: a named part of the model (projector, lm_head, ...) or its top layers."""
+
+    top: int | None = Field(None, ge=1)  # the last N layers of the part (scaled to the model's depth)
+    regex: str | None = None  # a custom group: parameter names matching this regex
+
+
+class PhaseConfig(_Section):
+    name: str
+    start_epoch: int = Field(ge=1)  # 1-based epoch at which this phase begins
+    lr: dict[str, float]  # group → peak learning rate; exactly the groups trained in this phase
+
+
+def _default_groups() -> dict[str, GroupSpec]:
+    return {
+        "projector": GroupSpec(),
+        "lm_head": GroupSpec(),
+        "llm_top": GroupSpec(top=12),
+        "audio_top": GroupSpec(top=8),
+    }
+
+
+class UnfreezeConfig(_Section):
+    groups: dict[str, GroupSpec] = Field(default_factory=_default_groups)
+    phases: list[PhaseConfig] = Field(
+        default_factory=lambda: [PhaseConfig(name="full", start_epoch=1, lr={"projector": 1e-4})]
+    )
+
+
+class LoraConfig(_Section):
+    enabled: bool = False
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # Restricted to the LLM: a plain q_proj/... list also hits the audio encoder's attention (REFERENCE.md).
+    target_regex: str = r".*language_model.*\.(q|k|v|o|gate|up|down)_proj"
+
+
+class EvalConfig(_Section):
+    every_steps: int = Field(500, ge=1)  # periodic WER/CER during training
+    samples: int = Field(100, ge=1)  # fixed eval subset size during training
+    normaliser: Literal["scoring", "leaderboard"] = "scoring"  # caspi.data.text form used for WER/CER
+    num_beams: int = Field(1, ge=1)  # 1 = greedy
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+
+class AuditConfig(_Section):
+    sample_fraction: float = Field(0.10, gt=0, le=1)  # share of each domain audited
+    seed: int = 0
+    proceed_below: float = Field(10.0, ge=0, le=100)  # % low-quality: below → PROCEED
+    stop_above: float = Field(15.0, ge=0, le=100)  # % low-quality: above → STOP; between → CAUTION
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.proceed_below > self.stop_above:
+            raise ValueError(f"proceed_below ({self.proceed_below}) must be <= stop_above ({self.stop_above})")
+        return self
+
+
+class GateConfig(_Section):
+    report: str | None = None  # the Phase 0 alignment_report.json that training must check; None: no gate
+
+
+class TrackingConfig(_Section):
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "caspi"
+
+
+class Recipe(_Section):
+    name: str
+    description: str = ""
+    model: ModelConfig = ModelConfig()
+    hardware: HardwareConfig = HardwareConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    unfreeze: UnfreezeConfig = UnfreezeConfig()
+    lora: LoraConfig = LoraConfig()
+    augment: AugmentConfig = AugmentConfig()
+    eval: EvalConfig = EvalConfig()
+    audit: AuditConfig = AuditConfig()
+    gate: GateConfig = GateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def grad_accumulation(self) -> int:
+        return self.train.grad_accumulation(self.hardware.world_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def fingerprint(self) -> str:
+        """sha256 of the resolved recipe: a resumed run must carry the same one."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _cross_checks(recipe: Recipe) -> list[str]:
+    """Combinations no single field can check. Returns every problem, not just the first."""
+    problems: list[str] = []
+    t, hw = recipe.train, recipe.hardware
+    per_step = t.micro_batch * hw.world_size
+    if t.effective_batch % per_step:
+        problems.append(
+            f"train.effective_batch: {t.effective_batch} is not a multiple of micro_batch × world_size "
+            f"({t.micro_batch} × {hw.world_size} = {per_step})"
+        )
+    if recipe.data.min_duration >= recipe.data.max_duration:
+        problems.append(
+            f"data.min_duration: {recipe.data.min_duration} s must be below data.max_duration "
+            f"({recipe.data.max_duration} s)"
+        )
+    if t.max_batch_duration is not None and t.max_batch_duration < recipe.data.max_duration:
+        problems.append(
+            f"train.max_batch_duration: {t.max_batch_duration} s cannot hold one clip of data.max_duration "
+            f"({recipe.data.max_duration} s)"
+        )
+    phases = recipe.unfreeze.phases
+    if not phases:
+        problems.append("unfreeze.phases: at least one phase is required")
+    else:
+        if phases[0].start_epoch != 1:
+            problems.append(f"unfreeze.phases.0.start_epoch: the first phase must start at epoch 1, got "
+                            f"{phases[0].start_epoch}")
+        for i, (prev, cur) in enumerate(zip(phases, phases[1:]), start=1):
+            if cur.start_epoch <= prev.start_epoch:
+                problems.append(f"unfreeze.phases.{i}.start_epoch: {cur.start_epoch} must be after the previous "
+                                f"phase's ({prev.start_epoch})")
+        names = [p.name for p in phases]
+        for name in {n for n in names if names.count(n) > 1}:
+            problems.append(f"unfreeze.phases: phase name {name!r} is used more than once")
+    known = set(recipe.unfreeze.groups)
+    for i, phase in enumerate(phases):
+        if phase.start_epoch > t.epochs:
+            problems.append(f"unfreeze.phases.{i}.start_epoch: {phase.start_epoch} is after the last epoch "
+                            f"(train.epochs = {t.epochs})")
+        if not phase.lr:
+            problems.append(f"unfreeze.phases.{i}.lr: a phase must train at least one group")
+        for group, lr in phase.lr.items():
+            if not lr > 0:
+                problems.append(f"unfreeze.phases.{i}.lr.{group}: learning rate must be > 0, got {lr}")
+            if group not in known:
+                problems.append(f"unfreeze.phases.{i}.lr.{group}: unknown group; defined in unfreeze.groups: "
+                                f"{', '.join(sorted(known))}")
+    for name, spec in recipe.unfreeze.groups.items():
+        if spec.top is not None and spec.regex is not None:
+            problems.append(f"unfreeze.groups.{name}: give either `top` or `regex`, not both")
+    if hw.accelerator == "cpu" and t.precision == "fp16":
+        problems.append("train.precision: fp16 autocast needs CUDA; use fp32 or bf16 with hardware.accelerator=cpu")
+    if recipe.model.tiny is None and recipe.model.family == "whisper" and "Qwen" in recipe.model.name_or_path:
+        problems.append(f"model.name_or_path: {recipe.model.name_or_path!r} is a Qwen3-ASR model but "
+                        "model.family is whisper")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading: YAML (+ base) → overrides → validation, every error at once.
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at `loc` (for 'did you mean' hints); descends through list/dict items."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return []
+            current = field.annotation
+        elif get_origin(current) in (list, dict):
+            current = get_args(current)[-1]  # the item type; `part` is an index or a key
+        else:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _format_errors(errors: list[dict]) -> list[str]:
+    problems = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        path = ".".join(str(p) for p in loc) or "<recipe>"
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(Recipe, loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            msg = f"{path}: unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            if known:
+                msg += f"; valid keys here: {', '.join(known)}"
+        elif err["type"] == "missing":
+            msg = f"{path}: required key is missing"
+        else:
+            text = err["msg"].removeprefix("Value error, ")
+            msg = f"{path}: {text} (got {err['input']!r})" if "input" in err and not isinstance(
+                err["input"], dict) else f"{path}: {text}"
+        problems.append(msg)
+    return problems
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read a recipe file, resolving `base:` (a path relative to the file) recursively."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: recipe `base:` chain loops back to itself")
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: `base` must be a path to another recipe, got {base!r}")
+    return _deep_merge(_read_yaml(path.parent / base, seen + (path,)), data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.max_steps=10` → (["train", "max_steps"], 10). Values are parsed as YAML (`null`, `[0.9, 1.1]`)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"override {text!r}: expected key.sub=value, e.g. train.max_steps=100")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of `data` with each `key.sub=value` set. Unknown keys are caught by validation."""
+    data = json.loads(json.dumps(data))  # deep copy of plain YAML data
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[:i])} is not a section")
+            node = node.setdefault(part, {})
+        last = path[-1]
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override {text!r}: {'.'.join(path[:-1])} is not a section")
+    return data
+
+
+def _drop_locations(data: Any, locs: list[tuple]) -> Any:
+    """A copy of `data` without the values at `locs`, so that defaults stand in for the invalid ones."""
+    data = json.loads(json.dumps(data))
+    for loc in locs:
+        node = data
+        for part in loc[:-1]:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                node = None
+                break
+        if isinstance(node, dict):
+            node.pop(loc[-1], None)
+    return data
+
+
+def validate_recipe_dict(data: dict, source: str = "<recipe>") -> Recipe:
+    """Validate plain data as a Recipe, raising one ConfigError that lists every problem.
+
+    Field errors and cross-field errors are reported together: when fields are invalid, they are dropped (their
+    defaults stand in) so the combination checks still run on the rest.
+    """
+    problems: list[str] = []
+    recipe = None
+    attempt = data
+    for round_ in range(3):  # a dropped value can expose a missing required key; a few rounds settle it
+        try:
+            recipe = Recipe.model_validate(attempt)
+            break
+        except ValidationError as exc:
+            # After the first round, "missing" errors are our own doing (we dropped the value): not reported.
+            errors = [e for e in exc.errors() if round_ == 0 or e["type"] != "missing"]
+            problems += [p for p in _format_errors(errors) if p not in problems]
+            attempt = _drop_locations(attempt, [tuple(e["loc"]) for e in exc.errors() if e["loc"]])
+    if recipe is not None:
+        problems += [p for p in _cross_checks(recipe) if p not in problems]
+    if problems or recipe is None:
+        raise ConfigError(f"{source}: {len(problems)} problem(s) in the recipe", problems)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe (with its `base:` chain), apply overrides, validate; report every problem at once."""
+    data = apply_overrides(_read_yaml(Path(path)), list(overrides or []))
+    return validate_recipe_dict(data, source=str(path))
