@@ -1,0 +1,53 @@
+"""Audio decoding: any rate → 16 kHz mono float32; every failure is an AudioError naming the file and a reason."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from caspi.data.audio import SAMPLE_RATE, decode_audio, resample, write_flac
+from caspi.errors import AudioError
+
+
+def _tone(sr, seconds=1.0, freq=440.0):
+    t = np.arange(int(sr * seconds)) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_stereo_44k_wav_becomes_16k_mono(tmp_path):
+    left, right = _tone(44_100), _tone(44_100, freq=880.0)
+    path = tmp_path / "a b.wav"  # a space in the name, as in real corpora
+    sf.write(path, np.stack([left, right], axis=1), 44_100, subtype="FLOAT")
+    samples, orig = decode_audio(path)
+    assert orig == 44_100 and samples.dtype == np.float32 and samples.ndim == 1
+    assert abs(len(samples) - SAMPLE_RATE) <= 1
+    # The average of two tones keeps both: its peak is below either channel's 0.3 amplitude sum.
+    expected = resample((left + right) / 2, 44_100)
+    np.testing.assert_allclose(samples, expected, atol=1e-5)
+
+
+def test_bytes_and_flac_round_trip(tmp_path):
+    path = tmp_path / "x.flac"
+    write_flac(path, _tone(SAMPLE_RATE))
+    samples, orig = decode_audio(path.read_bytes(), name="row 7")
+    assert orig == SAMPLE_RATE and len(samples) == SAMPLE_RATE
+    np.testing.assert_allclose(samples, _tone(SAMPLE_RATE), atol=1e-4)  # 16-bit quantisation
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: p.write_bytes(b"RIFF\x00\x00garbage" * 10), "unreadable"),
+        (lambda p: sf.write(p, np.zeros((0,), np.float32), SAMPLE_RATE, subtype="FLOAT"), "empty"),
+        (lambda p: sf.write(p, np.full(1600, np.nan, np.float32), SAMPLE_RATE, subtype="FLOAT"), "non_finite"),
+        (lambda p: sf.write(p, np.r_[np.zeros(100), [np.inf]].astype(np.float32), SAMPLE_RATE,
+                            subtype="FLOAT"), "non_finite"),
+        (lambda p: None, "unreadable"),  # file never written: missing
+    ],
+)
+def test_bad_audio_is_named(tmp_path, make, reason):
+    path = tmp_path / "bad.wav"
+    make(path)
+    with pytest.raises(AudioError) as err:
+        decode_audio(path)
+    assert err.value.reason == reason
+    assert str(path) in str(err.value)
