@@ -69,7 +69,12 @@ def cmd_synth(args) -> int:
         args.out, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed, error_rate=args.error_rate,
         workers=args.workers, progress=not args.quiet,
     )
-    print(f"wrote {summary}")
+    print(f"synthesised {summary.n_train} train clips ({summary.train_seconds / 60:.1f} min, "
+          f"{summary.n_planted} with planted errors) and {summary.n_eval} eval clips "
+          f"({summary.eval_seconds / 60:.1f} min)")
+    print(f"  train manifest   {summary.train_manifest}")
+    print(f"  eval manifest    {summary.eval_manifest}")
+    print(f"  planted errors   {summary.planted_errors}")
     return EXIT_OK
 
 

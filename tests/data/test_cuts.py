@@ -34,3 +34,16 @@ def test_missing_and_corrupt_manifests(tmp_path):
         f.write('{"id": "x", "this": "is not a cut"}\n')
     with pytest.raises(DataError, match=r"bad\.jsonl\.gz: not a readable Lhotse CutSet"):
         read_manifest(bad)
+
+
+def test_same_cuts_give_identical_bytes(tmp_path):
+    cuts = CutSet.from_cuts([make_cut(f"u{i}", tmp_path / f"{i}.flac", 16000, "טקסט", "studio") for i in range(3)])
+    a = write_manifest(cuts, tmp_path / "a.jsonl.gz").read_bytes()
+    import time
+
+    time.sleep(1.1)  # gzip headers carry a timestamp in seconds unless it is pinned
+    b = write_manifest(cuts, tmp_path / "b.jsonl.gz").read_bytes()
+    assert a == b
+    plain = write_manifest(cuts, tmp_path / "c.jsonl")
+    assert [c.id for c in read_manifest(plain)] == ["u0", "u1", "u2"]
+    assert "טקסט" in plain.read_text(encoding="utf-8")  # readable Hebrew, not \u escapes
