@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 import traceback
-from pathlib import Path
 
 from caspi.errors import CaspiError, ConfigError
 

@@ -39,8 +39,10 @@ def test_bytes_and_flac_round_trip(tmp_path):
         (lambda p: p.write_bytes(b"RIFF\x00\x00garbage" * 10), "unreadable"),
         (lambda p: sf.write(p, np.zeros((0,), np.float32), SAMPLE_RATE, subtype="FLOAT"), "empty"),
         (lambda p: sf.write(p, np.full(1600, np.nan, np.float32), SAMPLE_RATE, subtype="FLOAT"), "non_finite"),
-        (lambda p: sf.write(p, np.r_[np.zeros(100), [np.inf]].astype(np.float32), SAMPLE_RATE,
-                            subtype="FLOAT"), "non_finite"),
+        (
+            lambda p: sf.write(p, np.r_[np.zeros(100), [np.inf]].astype(np.float32), SAMPLE_RATE, subtype="FLOAT"),
+            "non_finite",
+        ),
         (lambda p: None, "unreadable"),  # file never written: missing
     ],
 )
