@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from caspi.config import Recipe, apply_overrides, load_recipe, parse_override, validate_recipe_dict
 from caspi.errors import ConfigError
@@ -137,7 +138,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_recipe_is_frozen_and_fingerprint_tracks_content():
     r = validate_recipe_dict({"name": "x"})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         r.train.seed = 3  # type: ignore[misc]
     assert r.fingerprint() == Recipe(name="x").fingerprint()
     assert r.fingerprint() != validate_recipe_dict({"name": "x", "train": {"seed": 3}}).fingerprint()

@@ -51,7 +51,8 @@ def cmd_validate_recipe(args) -> int:
         recipe = load_recipe(path, overrides)
         hw, t = recipe.hardware, recipe.train
         print(f"{path}: OK  ({recipe.name})")
-        print(f"  model        {recipe.model.family}  {recipe.model.tiny and 'tiny-' + recipe.model.tiny or recipe.model.name_or_path}")
+        model = f"tiny-{recipe.model.tiny}" if recipe.model.tiny else recipe.model.name_or_path
+        print(f"  model        {recipe.model.family}  {model}")
         print(f"  hardware     {hw.world_size} × {hw.accelerator}{' ' + hw.gpu_type if hw.gpu_type else ''}")
         print(f"  batch        micro {t.micro_batch} × world {hw.world_size} × accumulation "
               f"{recipe.grad_accumulation} = effective {t.effective_batch}")
