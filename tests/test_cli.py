@@ -60,3 +60,8 @@ def test_help_exits_0(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0
+
+
+def test_overrides_need_a_command_with_a_recipe(tmp_path, capsys):
+    assert main(["stats", str(tmp_path / "m.jsonl.gz"), "train.seed=1"]) == 2
+    assert "takes no recipe" in capsys.readouterr().err

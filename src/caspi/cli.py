@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import traceback
 
 from caspi.errors import CaspiError, ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_STOP = 0, 1, 2, 3
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")  # section.key[.sub]=value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +47,7 @@ def cmd_validate_recipe(args) -> int:
     from caspi.config import load_recipe
 
     paths, overrides = _split_overrides(args.items)
+    overrides += args.overrides
     if not paths:
         raise ConfigError("validate-recipe: give at least one recipe file")
     for path in paths:
@@ -81,15 +84,17 @@ def cmd_synth(args) -> int:
 def cmd_import(args) -> int:
     from caspi.data.manifest import import_source
 
-    max_duration = args.max_duration
-    if max_duration is None and args.recipe is not None:
-        max_duration = _load_recipe(args.recipe, args.overrides).data.max_duration
+    max_duration, min_duration = args.max_duration, args.min_duration
+    if args.recipe is not None:
+        data = _load_recipe(args.recipe, args.overrides).data
+        max_duration = data.max_duration if max_duration is None else max_duration
+        min_duration = data.min_duration if min_duration is None else min_duration
     result = import_source(
         args.source, args.out, domain=args.domain, text_field=args.text_field, audio_field=args.audio_field,
-        id_field=args.id_field, split=args.split, max_duration=max_duration, strict=args.strict,
-        workers=args.workers, progress=not args.quiet,
+        id_field=args.id_field, split=args.split, max_duration=max_duration, min_duration=min_duration or 0.0,
+        strict=args.strict, workers=args.workers, progress=not args.quiet,
     )
-    print(result.summary() if hasattr(result, "summary") else result)
+    print(result.summary())
     return EXIT_OK
 
 
@@ -98,7 +103,8 @@ def cmd_stats(args) -> int:
 
     stats = stats_for_manifest(args.manifest)
     if args.json:
-        print(json.dumps(stats.to_json(), ensure_ascii=False, indent=2))
+        summary = {k: v for k, v in stats.to_json().items() if k != "samples"}  # per-cut lists are for merging
+        print(json.dumps(summary, ensure_ascii=False, indent=2))
     else:
         print(render_table(stats))
     return EXIT_OK
@@ -128,17 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("import", help="import a dataset into a validated Lhotse manifest")
-    p.add_argument("source", help="HF dataset id, save_to_disk folder, parquet, NeMo JSONL, audio folder or "
-                                  "Lhotse manifest")
+    p.add_argument("source", help="HF dataset id (org/name or org/name:config), save_to_disk folder, parquet, "
+                                  "NeMo JSONL, audio folder or Lhotse manifest")
     p.add_argument("--out", required=True, help="manifest to write (.jsonl.gz)")
     p.add_argument("--domain", help="domain name for every sample (default: a `domain` field, else the source)")
     p.add_argument("--text-field", help="transcript column/field")
     p.add_argument("--audio-field", help="audio column (HF datasets)")
     p.add_argument("--id-field", help="id column/field")
     p.add_argument("--split", help="dataset split (HF datasets; default train)")
-    p.add_argument("--recipe", help="take data.max_duration from this recipe")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. data.max_duration=20")
+    p.add_argument("--recipe", help="take data.max_duration / data.min_duration from this recipe (overrides such "
+                                    "as data.max_duration=20 may follow)")
     p.add_argument("--max-duration", type=float, help="reject clips longer than this (seconds)")
+    p.add_argument("--min-duration", type=float, help="reject clips shorter than this (seconds)")
     p.add_argument("--strict", action="store_true", help="fail on the first bad sample instead of skipping it")
     p.add_argument("--workers", type=int, default=2, help="decoding processes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -155,7 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        # Recipe overrides (`section.key=value`) may stand anywhere after the command; argparse cannot mix a
+        # trailing positional list with options, so they are taken from what it leaves over.
+        args, rest = parser.parse_known_args(argv)
+        unknown = [word for word in rest if not _OVERRIDE.match(word)]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides = [word for word in rest if _OVERRIDE.match(word)]
+        if args.overrides and not hasattr(args, "recipe") and not hasattr(args, "items"):
+            parser.error(f"{args.command} takes no recipe, so no overrides: {' '.join(args.overrides)}")
         if args.command is None:
             build_parser().print_help()
             return EXIT_USAGE
@@ -168,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("caspi: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error of ours
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":
