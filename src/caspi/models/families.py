@@ -1,0 +1,197 @@
+"""Model families: one object per architecture that knows how to load it, build a tiny copy, make its inputs and
+labels, decode, and name its parameter groups.
+
+    family = get_family("qwen3_asr")
+    model, processor = family.load("Qwen/Qwen3-ASR-1.7B-hf", dtype=torch.bfloat16)
+    batch = family.build_inputs(processor, audio, texts, dtype=model.dtype)   # training: has "labels"
+    loss = model(**batch).loss
+    hyps = family.decode(model, processor, audio)
+
+The training loop, `plan` and `doctor` are meant to talk only to this interface, so that adding a family touches
+`caspi.models` alone.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from caspi.errors import CaspiError, CheckpointError, ConfigError, DataError
+
+# A parameter name may carry peft's wrapper prefix once LoRA is applied; group regexes accept both forms.
+PEFT_PREFIX = r"(?:base_model\.model\.)?"
+
+
+@dataclass(frozen=True)
+class GroupDef:
+    """One named parameter group of a family.
+
+    `pattern` is a regex matched (`re.match`) against full parameter names. A *layered* group's pattern holds
+    `{i}` where the layer index goes; `num_layers` is how many layers the model's config has, so a spec such as
+    `{"top": 8}` resolves to the last 8 indices. `lm_head` marks the output projection group.
+    """
+
+    name: str
+    pattern: str
+    description: str
+    num_layers: int | None = None  # set for layered groups only
+    lm_head: bool = False  # the output projection; resolves to the input embeddings when the two are tied
+    requires: str | None = None  # an option the spec must give, e.g. "top" for `llm_top`
+
+    @property
+    def layered(self) -> bool:
+        return self.num_layers is not None
+
+
+class ModelFamily(ABC):
+    """The interface every family implements; see `caspi.models.qwen3_asr` and `caspi.models.whisper`."""
+
+    name: str
+    hub_ids: tuple[str, ...]  # the checkpoints Caspi is built and tested for
+    model_types: tuple[str, ...]  # `config.model_type` values this family handles
+    lora_layers_group: str  # the layered group whose layers `apply_lora(layers=...)` indexes
+
+    @abstractmethod
+    def load(
+        self, name_or_path: str, revision: str | None = None, dtype: torch.dtype | str = torch.bfloat16
+    ) -> tuple[torch.nn.Module, Any]:
+        """Load `(model, processor)` from a hub id or a local folder with `from_pretrained`."""
+
+    @abstractmethod
+    def tiny(self, vocab_texts: list[str], seed: int = 0, size: str = "xs", **options) -> tuple[torch.nn.Module, Any]:
+        """A randomly initialised model of the real architecture at toy size, with a tokenizer built offline."""
+
+    @abstractmethod
+    def reference_config(self, size: str):
+        """The config of a published checkpoint, built offline (for `plan` on the meta device)."""
+
+    @abstractmethod
+    def build_inputs(
+        self,
+        processor,
+        audio: list[np.ndarray],
+        texts: list[str] | None = None,
+        padding_side: str = "right",
+        dtype: torch.dtype | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Model inputs for a batch of 16 kHz clips; with `texts`, also `labels` (-100 where there is no loss)."""
+
+    @abstractmethod
+    def decode(
+        self, model, processor, audio: list[np.ndarray], max_new_tokens: int = 128, batch_size: int = 16
+    ) -> list[str]:
+        """Greedy transcription of each clip."""
+
+    @abstractmethod
+    def param_groups(self, config) -> dict[str, GroupDef]:
+        """The named parameter groups of a model with this config (see `caspi.models.unfreeze`)."""
+
+    @abstractmethod
+    def lora_target_regex(self, layers: list[int] | None = None) -> str:
+        """A peft `target_modules` regex restricted to the language decoder (optionally to some of its layers)."""
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register(family: ModelFamily) -> ModelFamily:
+    """Add a family to the registry under `family.name`."""
+    _FAMILIES[family.name] = family
+    return family
+
+
+def family_names() -> list[str]:
+    """Names accepted by `get_family`."""
+    _ensure_registered()
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family registered as `name` ("qwen3_asr" or "whisper"); a ConfigError lists the known names."""
+    _ensure_registered()
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise ConfigError(f"unknown model family {name!r}; known families: {', '.join(sorted(_FAMILIES))}") from None
+
+
+def family_of(model: torch.nn.Module) -> ModelFamily:
+    """The family of a model instance (peft-wrapped or not), from its config's `model_type`."""
+    _ensure_registered()
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    for family in _FAMILIES.values():
+        if model_type in family.model_types:
+            return family
+    raise ConfigError(f"no Caspi model family handles model_type {model_type!r} ({type(model).__name__})")
+
+
+def _ensure_registered() -> None:
+    # Import for the side effect of registering (a no-op once imported); lazy so `families` has no import cycle.
+    from caspi.models import qwen3_asr, whisper  # noqa: F401
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers shared by the families
+
+
+def check_audio_batch(audio: list[np.ndarray], texts: list[str] | None) -> None:
+    """Reject what the processors would accept silently or fail on obscurely: non-1-D, empty, non-finite clips,
+    and a text list of the wrong length. Indices in messages are positions in the batch."""
+    if len(audio) == 0:
+        raise DataError("build_inputs: the audio batch is empty")
+    for i, clip in enumerate(audio):
+        arr = np.asarray(clip)
+        if arr.ndim != 1:
+            raise DataError(f"build_inputs: clip {i} has shape {arr.shape}; expected mono samples (T,) at 16 kHz")
+        if arr.size == 0:
+            raise DataError(f"build_inputs: clip {i} is empty")
+        if not np.isfinite(arr).all():
+            raise DataError(f"build_inputs: clip {i} holds NaN or inf samples")
+    if texts is not None and len(texts) != len(audio):
+        raise DataError(f"build_inputs: {len(texts)} texts for {len(audio)} clips; they must pair one to one")
+
+
+def check_padding_side(padding_side: str) -> None:
+    if padding_side not in ("left", "right"):
+        raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+
+
+def from_pretrained_or_raise(loader, family: str, name_or_path: str, revision: str | None, **kwargs):
+    """Call `loader(name_or_path, revision=..., **kwargs)` and turn hub, network and missing-file failures into a
+    CheckpointError that names the id, so a user sees one line rather than a requests traceback."""
+    # A hub id is "name" or "org/name"; anything else (absolute, ./, ~, or two slashes) is meant as a folder.
+    looks_local = Path(name_or_path).exists() or name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    if looks_local and not Path(name_or_path).exists():
+        raise CheckpointError(f"{family}: local model folder {name_or_path!r} does not exist")
+    try:
+        return loader(name_or_path, revision=revision, **kwargs)
+    except CaspiError:
+        raise
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        # OSError covers huggingface_hub's connection, 404 and gated-repo errors and missing local files.
+        where = "local folder" if looks_local else "hub id"
+        hint = (
+            "it must hold config.json, the weights and the processor files (every Caspi checkpoint does)"
+            if looks_local
+            else "a hub id needs network access, or the files already cached with HF_HUB_OFFLINE=1"
+        )
+        rev = f" at revision {revision!r}" if revision else ""
+        raise CheckpointError(
+            f"{family}: cannot load {where} {name_or_path!r}{rev}: {type(exc).__name__}: {_first_line(exc)}; {hint}"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def layer_regex(pattern: str, layers: list[int]) -> str:
+    """Fill a layered group's `{i}` with an alternation of the given indices."""
+    return pattern.replace("{i}", "(?:" + "|".join(str(i) for i in sorted(layers)) + ")")

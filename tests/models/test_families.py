@@ -1,0 +1,363 @@
+"""Model families on tiny random models of the real architectures: inputs, labels, loss, decoding, save/load."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from caspi.errors import CheckpointError, ConfigError, DataError
+from caspi.models import family_names, family_of, get_family
+from caspi.models.families import from_pretrained_or_raise
+from caspi.models.qwen3_asr import CHAT_TEMPLATE
+from caspi.models.tokenizer import train_unicode_bpe
+
+torch.set_num_threads(1)
+
+SR = 16_000
+# Different lengths on purpose: padding must not move the label span (Qwen3-ASR issue #70).
+TEXTS = ["שלום עולם", "מה שלומך היום? הכל טוב, תודה.", "כן"]
+
+
+def tone(seconds: float, freq: float) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+AUDIO = [tone(1.0, 300.0), tone(2.7, 1200.0), tone(0.3, 2500.0)]  # 0.3 s: under the 0.5 s minimum, zero-padded
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    family = get_family("qwen3_asr")
+    model, processor = family.tiny(TEXTS, seed=0, size="xs")
+    model.eval()  # dropout is 0 anyway; eval makes the intent explicit for loss comparisons
+    return family, model, processor
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    family = get_family("whisper")
+    model, processor = family.tiny(TEXTS, seed=0, size="xs")
+    model.eval()
+    return family, model, processor
+
+
+def row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy per row (B,), over positions whose label is not -100."""
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    ce = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")  # (B, L-1)
+    mask = shift_labels != -100
+    return (ce * mask).sum(1) / mask.sum(1)
+
+
+# --- registry --------------------------------------------------------------------------------------------------
+
+
+def test_registry_names_and_unknown_family():
+    assert family_names() == ["qwen3_asr", "whisper"]
+    with pytest.raises(ConfigError, match="qwen3_asr, whisper"):
+        get_family("wav2vec2")
+
+
+def test_family_of_model(qwen, whisper):
+    assert family_of(qwen[1]).name == "qwen3_asr"
+    assert family_of(whisper[1]).name == "whisper"
+
+
+# --- tokenizer -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vocab_size", [None, 80])
+def test_unicode_bpe_round_trips_text(vocab_size):
+    texts = ["שלום עולם, מה נשמע?", "  רווח כפול  ובסוף ", "שורה\nשנייה"]
+    tok = train_unicode_bpe(texts * 5, ["<|endoftext|>"], plain_added_tokens=["<asr_text>"], vocab_size=vocab_size)
+    for text in texts:
+        assert tok.decode(tok.encode(text).ids, skip_special_tokens=False) == text
+    if vocab_size is None:  # character tokenizer: one token per character (spaces fold into the next token)
+        assert len(tok.encode("שלום").ids) == 4
+    assert tok.encode("<asr_text>").ids == [tok.token_to_id("<asr_text>")]
+
+
+def test_unicode_bpe_rejects_too_small_vocab():
+    with pytest.raises(ConfigError, match="vocab_size"):
+        train_unicode_bpe(["שלום עולם"], ["<a>", "<b>"], vocab_size=3)
+
+
+# --- Qwen3-ASR -------------------------------------------------------------------------------------------------
+
+
+def test_qwen_template_renders_upstream_prompt(qwen):
+    _, _, processor = qwen
+    # Upstream's expected prompt (transformers tests/models/qwen3_asr/test_processing_qwen3_asr.py).
+    expected = (
+        "<|im_start|>system\n<|im_end|>\n<|im_start|>user\n<|audio_start|><|audio_pad|><|audio_end|><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": AUDIO[0]}]}]
+    rendered = processor.apply_chat_template(
+        messages, chat_template=CHAT_TEMPLATE, tokenize=False, add_generation_prompt=True
+    )
+    assert rendered == expected
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_qwen_labels_cover_exactly_the_assistant_span(qwen, padding_side):
+    family, _, processor = qwen
+    tok = processor.tokenizer
+    batch = family.build_inputs(processor, AUDIO, TEXTS, padding_side=padding_side)
+    ids, labels, attn = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    assert ids.shape == labels.shape == attn.shape
+    lengths = attn.sum(1)
+    assert len(set(lengths.tolist())) == 3  # rows really differ in length, so padding is exercised
+    pad_col = 0 if padding_side == "left" else -1
+    assert (attn[:, pad_col] == 0).any()  # the shortest row is padded on the requested side
+    for row, text in enumerate(TEXTS):
+        keep = labels[row] != -100
+        assert tok.decode(labels[row][keep], skip_special_tokens=False) == f"language Hebrew<asr_text>{text}<|im_end|>"
+        assert torch.equal(labels[row][keep], ids[row][keep])  # labels are the input tokens, unshifted
+        positions = keep.nonzero().squeeze(1)
+        assert torch.equal(positions, torch.arange(positions[0], positions[-1] + 1))  # one contiguous span
+        # The prompt before the span is "…<|im_start|>assistant\n"; the newline after <|im_end|> has no loss.
+        assert tok.decode(ids[row][: positions[0]], skip_special_tokens=True).endswith("assistant\n")
+        after = ids[row][positions[-1] + 1 :][attn[row][positions[-1] + 1 :] == 1]
+        assert tok.decode(after, skip_special_tokens=False) == "\n"
+    n_audio = (ids == processor.audio_token_id).sum(1)
+    assert (n_audio > 0).all()
+
+
+def test_qwen_features_shape_and_dtype(qwen):
+    family, model, processor = qwen
+    batch = family.build_inputs(processor, AUDIO, TEXTS, dtype=torch.bfloat16)
+    feats = batch["input_features"]
+    assert feats.dtype == torch.bfloat16
+    assert feats.shape[:2] == (3, 128) and feats.shape[-1] % 100 == 0
+    assert batch["input_features_mask"].shape == (3, feats.shape[-1])
+    assert batch["input_ids"].dtype == torch.long
+    half = copy.deepcopy(model).to(torch.bfloat16)  # a bf16 model takes the cast features (fp32 ones raise)
+    with torch.no_grad():
+        assert torch.isfinite(half(**batch).loss)
+    assert len(family.decode(half, processor, AUDIO[:1], max_new_tokens=2)) == 1
+
+
+def test_qwen_row_loss_is_independent_of_padding(qwen):
+    family, model, processor = qwen
+    per_side = {}
+    with torch.no_grad():
+        for side in ("left", "right"):
+            batch = family.build_inputs(processor, AUDIO, TEXTS, padding_side=side)
+            out = model(**batch)
+            assert torch.isfinite(out.loss)
+            per_side[side] = row_losses(out.logits, batch["labels"])
+        alone = family.build_inputs(processor, AUDIO[1:2], TEXTS[1:2])
+        loss_alone = model(**alone).loss
+    torch.testing.assert_close(per_side["left"], per_side["right"], rtol=1e-4, atol=1e-5)
+    # The middle row (longest audio and text) alone, unpadded, scores the same as inside either padded batch.
+    torch.testing.assert_close(per_side["left"][1], loss_alone, rtol=1e-4, atol=1e-5)
+    # and the rows differ from each other (the comparison above is not between constants)
+    assert (per_side["left"].max() - per_side["left"].min()) > 1e-3
+
+
+def test_qwen_backward_and_generate(qwen):
+    family, model, processor = qwen
+    model.zero_grad()
+    batch = family.build_inputs(processor, AUDIO, TEXTS, padding_side="right")
+    loss = model(**batch).loss
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert grads["model.audio_tower.conv2d1.weight"].abs().sum() > 0  # the loss reaches the audio front end
+    model.zero_grad()
+    prompt = family.build_inputs(processor, AUDIO, None, padding_side="left")
+    assert "labels" not in prompt
+    for row in prompt["input_ids"]:
+        assert processor.tokenizer.decode(row).endswith("<|im_start|>assistant\nlanguage Hebrew<asr_text>")
+    hyps = family.decode(model, processor, AUDIO, max_new_tokens=4)
+    assert len(hyps) == 3 and all(isinstance(h, str) for h in hyps)
+
+
+def test_qwen_tiny_learns_two_clips_and_decodes_them():
+    """End to end: labels, loss and decoding agree, so a tiny model overfits two clips and reads them back."""
+    family = get_family("qwen3_asr")
+    texts, audio = TEXTS[:2], AUDIO[:2]
+    model, processor = family.tiny(texts, seed=0, size="xs", audio_init="he")
+    batch = family.build_inputs(processor, audio, texts, padding_side="left")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert family.decode(model, processor, audio, max_new_tokens=40) == texts
+
+
+def test_qwen_he_init_lifts_audio_frontend_output():
+    family = get_family("qwen3_asr")
+    rms = {}
+    for init in ("default", "he"):
+        model, processor = family.tiny(TEXTS, seed=0, size="xs", audio_init=init)
+        seen = {}
+        # The encoder adds positions in place right after conv_out: clone the output inside the hook.
+        hook = model.model.audio_tower.conv_out.register_forward_hook(
+            lambda mod, args, out, seen=seen: seen.__setitem__("out", out.detach().clone())
+        )
+        with torch.no_grad():
+            model(**family.build_inputs(processor, AUDIO[:1], TEXTS[:1]))
+        hook.remove()
+        rms[init] = seen["out"].pow(2).mean().sqrt().item()
+    assert rms["default"] < 0.01  # the starvation REFERENCE.md measured (positions have RMS ~0.7)
+    assert rms["he"] > 0.1
+
+
+def test_qwen_tiny_is_deterministic_in_seed():
+    family = get_family("qwen3_asr")
+    a, _ = family.tiny(TEXTS, seed=3)
+    b, _ = family.tiny(TEXTS, seed=3)
+    c, _ = family.tiny(TEXTS, seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    key = "model.multi_modal_projector.linear_1.weight"
+    assert not torch.equal(sa[key], sc[key])
+
+
+def test_qwen_size_s_runs():
+    family = get_family("qwen3_asr")
+    model, processor = family.tiny(TEXTS, size="s")
+    n = sum(p.numel() for p in model.parameters())
+    assert 2_000_000 < n < 4_000_000  # REFERENCE.md's "S": ~2.9 M with a ~100-token vocabulary
+    with torch.no_grad():
+        assert torch.isfinite(model(**family.build_inputs(processor, AUDIO[:2], TEXTS[:2])).loss)
+
+
+def test_qwen_processor_and_model_round_trip(qwen, tmp_path):
+    family, model, processor = qwen
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, loaded_proc = family.load(str(tmp_path), dtype=torch.float32)
+    assert type(loaded_proc).__name__ == "Qwen3ASRProcessor"
+    assert loaded_proc.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    assert loaded_proc.audio_token == "<|audio_pad|>" and loaded_proc.audio_token_id == processor.audio_token_id
+    a = family.build_inputs(processor, AUDIO, TEXTS, padding_side="left")
+    b = family.build_inputs(loaded_proc, AUDIO, TEXTS, padding_side="left")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**a).logits, loaded.eval()(**b).logits)
+
+
+def test_qwen_load_refuses_original_layout_and_other_families(qwen, whisper, tmp_path):
+    family, model, processor = qwen
+    model.save_pretrained(tmp_path / "orig")
+    processor.save_pretrained(tmp_path / "orig")
+    config_file = tmp_path / "orig" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["thinker_config"] = {"audio_config": {}}
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="thinker_config"):
+        family.load(str(tmp_path / "orig"))
+    whisper[1].save_pretrained(tmp_path / "wh")
+    with pytest.raises(CheckpointError, match="not Qwen3-ASR"):
+        family.load(str(tmp_path / "wh"))
+
+
+def test_load_errors_name_the_id(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(CheckpointError, match="no-such-model"):
+        get_family("qwen3_asr").load(str(missing))
+
+    def offline(name, revision=None, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    with pytest.raises(CheckpointError, match=r"'Qwen/Qwen3-ASR-1.7B-hf' at revision 'main'.*network"):
+        from_pretrained_or_raise(offline, "qwen3_asr", "Qwen/Qwen3-ASR-1.7B-hf", "main")
+
+
+def test_build_inputs_rejects_bad_batches(qwen):
+    family, _, processor = qwen
+    with pytest.raises(DataError, match="clip 1"):
+        family.build_inputs(processor, [AUDIO[0], np.zeros((2, 100), np.float32)], None)
+    with pytest.raises(DataError, match="2 texts for 3 clips"):
+        family.build_inputs(processor, AUDIO, TEXTS[:2])
+    with pytest.raises(DataError, match="NaN"):
+        family.build_inputs(processor, [np.full(100, np.nan, np.float32)], None)
+    with pytest.raises(ConfigError, match="padding_side"):
+        family.build_inputs(processor, AUDIO, TEXTS, padding_side="middle")
+
+
+def test_reference_configs_are_the_published_sizes():
+    q = get_family("qwen3_asr")
+    for size, (d_model, hidden) in {"1.7B": (1024, 2048), "0.6B": (896, 1024)}.items():
+        config = q.reference_config(size)
+        q.check_config(config, size)  # projector output = LLM width
+        assert (config.audio_config.d_model, config.text_config.hidden_size) == (d_model, hidden)
+    with pytest.raises(ConfigError, match="1.7B"):
+        q.reference_config("7B")
+
+
+# --- Whisper ---------------------------------------------------------------------------------------------------
+
+
+def test_whisper_labels(whisper):
+    family, _, processor = whisper
+    tok = processor.tokenizer
+    batch = family.build_inputs(processor, AUDIO, TEXTS)
+    assert batch["input_features"].shape == (3, 128, 3000)
+    labels = batch["labels"]
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    for row, text in enumerate(TEXTS):
+        keep = labels[row] != -100
+        assert tok.decode(labels[row][keep], skip_special_tokens=False) == (
+            f"<|he|><|transcribe|><|notimestamps|>{text}<|endoftext|>"
+        )
+        assert labels[row][keep][-1] == eot  # end-of-text keeps its loss although it is also the pad token
+        positions = keep.nonzero().squeeze(1)
+        assert positions[0] == 0 and positions[-1] == keep.sum() - 1  # right-padded
+    assert (labels == -100).any()
+
+
+def test_whisper_forward_backward_generate(whisper):
+    family, model, processor = whisper
+    model.zero_grad()
+    batch = family.build_inputs(processor, AUDIO, TEXTS)
+    loss = model(**batch).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.model.encoder.conv1.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    # Generation conditions on the prefix the labels train (<|startoftranscript|><|he|><|transcribe|>
+    # <|notimestamps|>): its first-step logits are the teacher-forced logits after that prefix.
+    with torch.no_grad():
+        out = model.generate(
+            input_features=batch["input_features"][:1],
+            language="he",
+            task="transcribe",
+            max_new_tokens=1,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        forced = model(input_features=batch["input_features"][:1], labels=batch["labels"][:1]).logits  # (1, L, V)
+    torch.testing.assert_close(out.logits[0][0], forced[0, 3], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(forced[0, 3], forced[0, 2], atol=1e-4)  # positions differ: the check can fail
+    hyps = family.decode(model, processor, AUDIO, max_new_tokens=3)
+    assert len(hyps) == 3 and all(isinstance(h, str) for h in hyps)
+
+
+def test_whisper_processor_round_trip(whisper, tmp_path):
+    family, model, processor = whisper
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, loaded_proc = family.load(str(tmp_path), dtype=torch.float32)
+    assert loaded_proc.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    a = family.build_inputs(processor, AUDIO, TEXTS)
+    b = family.build_inputs(loaded_proc, AUDIO, TEXTS)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.generation_config.lang_to_id["<|he|>"] == model.generation_config.lang_to_id["<|he|>"]
+
+
+def test_whisper_rejects_clips_over_30_s(whisper):
+    family, _, processor = whisper
+    with pytest.raises(DataError, match="clip 0 is 31.00 s"):
+        family.build_inputs(processor, [np.zeros(31 * SR, np.float32) + 0.01], ["טקסט"])
