@@ -111,8 +111,14 @@ class TrainConfig(_Section):
 class GroupSpec(_Section):
     """A parameter group: a named part of the model (projector, lm_head, ...) or its top layers."""
 
-    top: int | None = Field(None, ge=1)  # the last N layers of the part (scaled to the model's depth)
-    regex: str | None = None  # a custom group: parameter names matching this regex
+    top: int | None = Field(None, ge=1)  # the last N layers of a layered group (scaled to the model's depth)
+    bottom: int | None = Field(None, ge=1)  # the first N layers of a layered group
+    layers: list[int] | None = None  # explicit layer indices of a layered group
+    regex: str | None = None  # a custom group: full parameter names matching this regex (re.match)
+
+    def options(self) -> dict:
+        """The spec as `caspi.models.unfreeze.trainable_names` takes it."""
+        return self.model_dump(exclude_none=True)
 
 
 class PhaseConfig(_Section):
@@ -197,6 +203,10 @@ class Recipe(_Section):
     def grad_accumulation(self) -> int:
         return self.train.grad_accumulation(self.hardware.world_size)
 
+    def phase_group_specs(self, phase: PhaseConfig) -> dict[str, dict]:
+        """`{group: options}` of the groups a phase trains, as `caspi.models.unfreeze.trainable_names` takes it."""
+        return {group: self.unfreeze.groups[group].options() for group in phase.lr}
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -256,8 +266,10 @@ def _cross_checks(recipe: Recipe) -> list[str]:
                 problems.append(f"unfreeze.phases.{i}.lr.{group}: unknown group; defined in unfreeze.groups: "
                                 f"{', '.join(sorted(known))}")
     for name, spec in recipe.unfreeze.groups.items():
-        if spec.top is not None and spec.regex is not None:
-            problems.append(f"unfreeze.groups.{name}: give either `top` or `regex`, not both")
+        given = [k for k in ("top", "bottom", "layers", "regex") if getattr(spec, k) is not None]
+        if len(given) > 1:
+            problems.append(f"unfreeze.groups.{name}: give at most one of top, bottom, layers, regex; got "
+                            f"{', '.join(given)}")
     if hw.accelerator == "cpu" and t.precision == "fp16":
         problems.append("train.precision: fp16 autocast needs CUDA; use fp32 or bf16 with hardware.accelerator=cpu")
     if recipe.model.tiny is None and recipe.model.family == "whisper" and "Qwen" in recipe.model.name_or_path:

@@ -315,3 +315,18 @@ def test_meta_counts_match_reference_0p6b_and_whisper_large_v3():
     wt = group_table(whisper, trainable_names(whisper, {"decoder_top": {"top": 32}, "lm_head": {}}))
     assert wt.total == 1_543_490_560
     assert wt.notes[0].startswith("lm_head is tied to embed_tokens")
+
+
+def test_custom_regex_group_from_a_recipe():
+    from caspi.config import GroupSpec
+
+    model, _ = get_family("qwen3_asr").tiny(["שלום עולם"], size="xs")
+    spec = {"convs": GroupSpec(regex=r"model\.audio_tower\.conv2d\d\.").options(), "projector": {}}
+    names = trainable_names(model, spec)
+    assert names["convs"] and all(n.startswith("model.audio_tower.conv2d") for n in names["convs"])
+    with pytest.raises(ConfigError, match="bad regex"):
+        trainable_names(model, {"broken": {"regex": "(unclosed"}})
+    with pytest.raises(ConfigError, match="takes no other options"):
+        trainable_names(model, {"mixed": {"regex": ".*", "top": 2}})
+    with pytest.raises(ConfigError, match="define one with"):
+        trainable_names(model, {"nonesuch": {}})

@@ -114,13 +114,25 @@ def trainable_names(
     resolved: dict[str, list[str]] = {}
     owner: dict[str, str] = {}
     for group_name, options in group_specs.items():
-        if group_name not in groups:
+        options = dict(options or {})
+        if "regex" in options:
+            # A custom group: the recipe names it and gives the regex over full parameter names.
+            if len(options) > 1:
+                raise ConfigError(f"group {group_name!r}: `regex` takes no other options, got "
+                                  f"{', '.join(sorted(set(options) - {'regex'}))}")
+            pattern = options.pop("regex")
+            try:
+                re.compile(pattern)
+                group = GroupDef(group_name, pattern, "custom regex group")
+            except re.error as exc:
+                raise ConfigError(f"group {group_name!r}: bad regex ({exc})") from None
+        elif group_name not in groups:
             raise ConfigError(
                 f"unknown parameter group {group_name!r} for {type(_base(model)).__name__}; "
-                f"known groups: {', '.join(groups)}"
+                f"known groups: {', '.join(groups)}; or define one with {{regex: ...}}"
             )
-        group = groups[group_name]
-        options = dict(options or {})
+        else:
+            group = groups[group_name]
         if group.lm_head and tied:
             matched = [_embedding_name(model)]
             group_pattern(group, options)  # still validate the options
