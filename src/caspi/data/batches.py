@@ -482,3 +482,46 @@ def make_spec_augment(
         max_time_fraction=float(max_time_fraction),
         time_warp_factor=int(time_warp_factor) if time_warp else None,
     )
+
+
+# ------------------------------------------------------------------------------------------------ from a recipe
+# The training loop builds its data pipeline from the typed recipe through these three functions, so batch size,
+# bucketing and augmentation are changed in YAML, never in code.
+
+
+def sampler_from_recipe(recipe, cuts: CutSet, *, world_size: int = 1, rank: int = 0):
+    """The training sampler: `train.micro_batch` cuts per micro-batch at most, `train.max_batch_duration` seconds
+    of padded audio at most (no cap when unset), `train.num_buckets` duration buckets, seeded by `train.seed`."""
+    t = recipe.train
+    return make_sampler(
+        cuts,
+        max_cuts=t.micro_batch,
+        max_duration=t.max_batch_duration,
+        num_buckets=t.num_buckets,
+        shuffle=True,
+        seed=t.seed,
+        world_size=world_size,
+        rank=rank,
+    )
+
+
+def dataset_from_recipe(recipe, transform=None, train: bool = True) -> AsrBatchDataset:
+    """The batch dataset: speed perturbation with `augment.speed_factors` in training, none in evaluation."""
+    factors = recipe.augment.speed_factors if train else None
+    if factors is not None and set(factors) <= {1.0}:
+        factors = None  # [] or [1.0]: perturbation off
+    return AsrBatchDataset(transform=transform, speed_factors=factors, seed=recipe.train.seed)
+
+
+def spec_augment_from_recipe(recipe) -> BatchSpecAugment | None:
+    """SpecAugment from `augment.spec_augment`, or None when disabled."""
+    s = recipe.augment.spec_augment
+    if not s.enabled:
+        return None
+    return make_spec_augment(
+        num_freq_masks=s.freq_masks,
+        max_freq_width=s.max_freq_width,
+        num_time_masks=s.time_masks,
+        max_time_fraction=s.max_time_width,
+        time_warp=s.time_warp,
+    )
