@@ -192,6 +192,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else "(no message)"
 
 
-def layer_regex(pattern: str, layers: list[int]) -> str:
-    """Fill a layered group's `{i}` with an alternation of the given indices."""
-    return pattern.replace("{i}", "(?:" + "|".join(str(i) for i in sorted(layers)) + ")")
+def layer_regex(pattern: str, layers: list[int] | None) -> str:
+    """Fill a layered pattern's `{i}` with an alternation of the given indices (any index when None)."""
+    index = r"\d+" if layers is None else "(?:" + "|".join(str(i) for i in sorted(layers)) + ")"
+    return pattern.replace("{i}", index)

@@ -21,6 +21,7 @@ import torch
 
 from caspi.errors import CheckpointError, ConfigError
 from caspi.models.families import (
+    layer_regex,
     PEFT_PREFIX,
     GroupDef,
     ModelFamily,
@@ -403,8 +404,9 @@ class Qwen3ASRFamily(ModelFamily):
 
     def lora_target_regex(self, layers: list[int] | None = None) -> str:
         """Attention and MLP projections of the LLM only; a plain `q_proj` list would also hit the audio encoder."""
-        index = r"\d+" if layers is None else "(?:" + "|".join(str(i) for i in sorted(layers)) + ")"
-        return rf"model\.language_model\.layers\.{index}\.(?:self_attn|mlp)\.(?:q|k|v|o|gate|up|down)_proj"
+        return layer_regex(
+            r"model\.language_model\.layers\.{i}\.(?:self_attn|mlp)\.(?:q|k|v|o|gate|up|down)_proj", layers
+        )
 
 
 FAMILY = register(Qwen3ASRFamily())

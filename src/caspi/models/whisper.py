@@ -13,6 +13,7 @@ import torch
 
 from caspi.errors import CheckpointError, ConfigError, DataError
 from caspi.models.families import (
+    layer_regex,
     PEFT_PREFIX,
     GroupDef,
     ModelFamily,
@@ -270,8 +271,9 @@ class WhisperFamily(ModelFamily):
 
     def lora_target_regex(self, layers: list[int] | None = None) -> str:
         """Decoder attention (self and cross) and MLP projections only."""
-        index = r"\d+" if layers is None else "(?:" + "|".join(str(i) for i in sorted(layers)) + ")"
-        return rf"model\.decoder\.layers\.{index}\.(?:(?:self_attn|encoder_attn)\.(?:q|k|v|out)_proj|fc1|fc2)"
+        return layer_regex(
+            r"model\.decoder\.layers\.{i}\.(?:(?:self_attn|encoder_attn)\.(?:q|k|v|out)_proj|fc1|fc2)", layers
+        )
 
 
 FAMILY = register(WhisperFamily())
