@@ -97,3 +97,14 @@ def write_manifest(cuts: CutSet, path: str | Path) -> Path:
         os.fsync(raw.fileno())
     tmp.replace(path)
     return path
+
+
+def write_jsonl(records, path: str | Path) -> Path:
+    """Write dicts as JSON lines (UTF-8, Hebrew kept readable) atomically: temp file, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    tmp.replace(path)
+    return path

@@ -42,7 +42,7 @@ from lhotse import CutSet
 from tqdm.auto import tqdm
 
 from caspi.data.audio import SAMPLE_RATE, decode_audio, write_flac
-from caspi.data.cuts import cut_domain, cut_text, make_cut, read_manifest, write_manifest
+from caspi.data.cuts import cut_domain, cut_text, make_cut, read_manifest, write_jsonl, write_manifest
 from caspi.errors import AudioError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def import_source(
         results.close()  # stops the worker pool now, also when strict mode raises
         bar.close()
 
-    _write_jsonl(rejections, rejected_path)
+    write_jsonl(rejections, rejected_path)
     counts = dict(Counter(r["reason"] for r in rejections))
     if not cuts:
         detail = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())) or "the source is empty"
@@ -653,11 +653,3 @@ def _ordered_map(fn: Callable[[_Job], _Decoded], jobs: Iterable[_Job], workers: 
                 yield from zip(head, future.result(), strict=True)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _write_jsonl(records: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    tmp.replace(path)

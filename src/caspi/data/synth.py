@@ -30,7 +30,6 @@ once the count reaches six): the manifest holds the corrupted text or audio, not
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import re
@@ -47,7 +46,7 @@ from lhotse import CutSet
 from tqdm import tqdm
 
 from caspi.data.audio import SAMPLE_RATE, decode_audio, resample, write_flac
-from caspi.data.cuts import make_cut, write_manifest
+from caspi.data.cuts import make_cut, write_jsonl, write_manifest
 from caspi.data.text import for_training
 from caspi.errors import ConfigError, DataError, DependencyError
 
@@ -558,10 +557,7 @@ def synthesize(
 
     train_manifest = write_manifest(CutSet.from_cuts(cuts[:n_train]), out_dir / "train.jsonl.gz")
     eval_manifest = write_manifest(CutSet.from_cuts(cuts[n_train:]), out_dir / "eval.jsonl.gz")
-    planted_path = out_dir / "planted_errors.jsonl"
-    tmp = planted_path.with_name(f".tmp-{planted_path.name}")
-    tmp.write_text("".join(json.dumps(records[i], ensure_ascii=False) + "\n" for i in sorted(records)), "utf-8")
-    tmp.replace(planted_path)
+    planted_path = write_jsonl((records[i] for i in sorted(records)), out_dir / "planted_errors.jsonl")
 
     return SynthSummary(
         out_dir=out_dir,
