@@ -65,3 +65,8 @@ def test_help_exits_0(argv):
 def test_overrides_need_a_command_with_a_recipe(tmp_path, capsys):
     assert main(["stats", str(tmp_path / "m.jsonl.gz"), "train.seed=1"]) == 2
     assert "takes no recipe" in capsys.readouterr().err
+
+
+def test_import_overrides_need_a_recipe(tmp_path, capsys):
+    assert main(["import", str(tmp_path), "--out", str(tmp_path / "m.jsonl.gz"), "data.max_duration=5"]) == 2
+    assert "need --recipe" in capsys.readouterr().err

@@ -26,15 +26,6 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}\n(run `{self.prog} --help` for usage)")
 
 
-def _load_recipe(path: str | None, overrides: list[str]):
-    """The recipe at `path` (or the defaults) with `key.sub=value` overrides applied and validated."""
-    from caspi.config import apply_overrides, load_recipe, validate_recipe_dict
-
-    if path is None:
-        return validate_recipe_dict(apply_overrides({"name": "default"}, overrides), "<defaults + overrides>")
-    return load_recipe(path, overrides)
-
-
 def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     """Positional words → (plain arguments, `key.sub=value` overrides)."""
     return [i for i in items if "=" not in i], [i for i in items if "=" in i]
@@ -84,9 +75,13 @@ def cmd_synth(args) -> int:
 def cmd_import(args) -> int:
     from caspi.data.manifest import import_source
 
+    from caspi.config import load_recipe
+
     max_duration, min_duration = args.max_duration, args.min_duration
+    if args.overrides and args.recipe is None:
+        raise ConfigError(f"import: overrides ({' '.join(args.overrides)}) need --recipe")
     if args.recipe is not None:
-        data = _load_recipe(args.recipe, args.overrides).data
+        data = load_recipe(args.recipe, args.overrides).data
         max_duration = data.max_duration if max_duration is None else max_duration
         min_duration = data.min_duration if min_duration is None else min_duration
     result = import_source(
