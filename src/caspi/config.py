@@ -102,8 +102,8 @@ class TrainConfig(_Section):
         per_step = self.micro_batch * world_size
         if self.effective_batch % per_step:
             raise ConfigError(
-                f"train.effective_batch={self.effective_batch} is not a multiple of "
-                f"micro_batch × world_size = {self.micro_batch} × {world_size} = {per_step}"
+                f"train.effective_batch: {self.effective_batch} is not a multiple of micro_batch × world_size "
+                f"({self.micro_batch} × {world_size} = {per_step})"
             )
         return self.effective_batch // per_step
 
@@ -222,12 +222,10 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     """Combinations no single field can check. Returns every problem, not just the first."""
     problems: list[str] = []
     t, hw = recipe.train, recipe.hardware
-    per_step = t.micro_batch * hw.world_size
-    if t.effective_batch % per_step:
-        problems.append(
-            f"train.effective_batch: {t.effective_batch} is not a multiple of micro_batch × world_size "
-            f"({t.micro_batch} × {hw.world_size} = {per_step})"
-        )
+    try:
+        t.grad_accumulation(hw.world_size)
+    except ConfigError as exc:
+        problems.append(str(exc))
     if recipe.data.min_duration >= recipe.data.max_duration:
         problems.append(
             f"data.min_duration: {recipe.data.min_duration} s must be below data.max_duration "
