@@ -51,6 +51,7 @@ from lhotse.dataset.signal_transforms import mask_along_axis_optimized, time_war
 
 from caspi.data.audio import SAMPLE_RATE
 from caspi.data.cuts import cut_domain, cut_text
+from caspi.data.text import for_training
 from caspi.errors import AudioError, CheckpointError, ConfigError, DataError
 
 DEFAULT_SPEED_FACTORS = (0.9, 1.0, 1.1)  # REFERENCE.md "Data pipeline conventions"
@@ -333,8 +334,6 @@ class AsrBatchDataset(torch.utils.data.Dataset):
         return samples[0]
 
     def __getitem__(self, cuts: CutSet) -> dict:
-        from caspi.data.text import for_training  # the lead's module; imported here to keep import order loose
-
         ids, texts, domains, signals = [], [], [], []
         for cut in cuts:
             cut_id, text = cut.id, cut_text(cut)
