@@ -40,14 +40,20 @@ def decode_audio(
         raise AudioError(f"{label}: audio file not found", reason="unreadable") from None
     except Exception as exc:  # libsndfile raises LibsndfileError/RuntimeError/TypeError depending on the damage
         raise AudioError(f"{label}: cannot decode audio ({exc})", reason="unreadable") from None
-    if data.shape[0] == 0:
-        raise AudioError(f"{label}: audio has zero length", reason="empty")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (T,)
-    if not np.isfinite(mono).any():
-        raise AudioError(f"{label}: audio is all NaN/inf", reason="non_finite")
-    if not np.isfinite(mono).all():
-        raise AudioError(f"{label}: audio contains NaN/inf samples", reason="non_finite")
+    check_samples(mono, label)
     return resample(np.ascontiguousarray(mono), int(sr), target_sr), int(sr)
+
+
+def check_samples(mono: np.ndarray, label: str) -> None:
+    """Raise `AudioError` (reason `empty` or `non_finite`) for a decoded mono signal (T,) that is unusable."""
+    if mono.size == 0:
+        raise AudioError(f"{label}: audio has zero length", reason="empty")
+    finite = np.isfinite(mono)
+    if not finite.any():
+        raise AudioError(f"{label}: audio is all NaN/inf", reason="non_finite")
+    if not finite.all():
+        raise AudioError(f"{label}: audio contains NaN/inf samples", reason="non_finite")
 
 
 def write_flac(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

@@ -41,7 +41,7 @@ import soundfile as sf
 from lhotse import CutSet
 from tqdm.auto import tqdm
 
-from caspi.data.audio import SAMPLE_RATE, decode_audio, write_flac
+from caspi.data.audio import SAMPLE_RATE, check_samples, decode_audio, write_flac
 from caspi.data.cuts import cut_domain, cut_text, make_cut, read_manifest, write_jsonl, write_manifest
 from caspi.errors import AudioError, ConfigError, DataError
 
@@ -596,13 +596,8 @@ def _load(job: _Job):
             samples = cut.load_audio()  # (C, T)
         except Exception as exc:  # Lhotse raises many types for missing/corrupt sources
             raise AudioError(f"{label}: cannot load audio ({type(exc).__name__}: {exc})") from None
-        import numpy as np
-
-        mono = samples.mean(axis=0).astype(np.float32)  # (T,)
-        if mono.size == 0:
-            raise AudioError(f"{label}: audio has zero length", reason="empty")
-        if not np.isfinite(mono).all():
-            raise AudioError(f"{label}: audio contains NaN/inf samples", reason="non_finite")
+        mono = samples.mean(axis=0).astype("float32")  # (T,)
+        check_samples(mono, label)
         return mono
     samples, _ = decode_audio(job.audio, name=f"{job.source} ({job.id})" if isinstance(job.audio, bytes) else None)
     return samples
