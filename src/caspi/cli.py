@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import traceback
@@ -105,6 +106,34 @@ def cmd_stats(args) -> int:
     return EXIT_OK
 
 
+def cmd_train(args) -> int:
+    from caspi.config import load_recipe
+    from caspi.train.loop import train
+    from caspi.train.preempt import EXIT_REQUEUE
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = train(recipe, args.out, overrides=args.overrides, force_gate=args.force_gate,
+                   cpu_fallback=args.cpu_fallback, progress=not args.quiet)
+    if result.preempted:
+        return EXIT_REQUEUE
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return EXIT_OK
+    best = f", best WER {result.best_wer:.3f}" if result.best_wer is not None else ""
+    loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "-"
+    print(f"trained {result.step} steps ({result.epoch} epochs), last loss {loss}{best}")
+    print(f"  run folder   {result.run_dir}")
+    print(f"  checkpoint   {result.checkpoint}")
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from caspi.train.export import export_run
+
+    out = export_run(args.run, args.out)
+    print(f"exported {args.run} to {out} (load it with from_pretrained)")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------------------- parser
 
 
@@ -150,6 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("train", help="train (or resume) a run from a recipe; torchrun for several processes")
+    p.add_argument("--recipe", required=True, help="recipe YAML; overrides such as train.max_steps=100 may follow")
+    p.add_argument("--out", required=True, help="run folder; an existing one is resumed from its latest checkpoint")
+    p.add_argument("--force-gate", action="store_true",
+                   help="train even if the Phase 0 report says STOP or was made from another manifest (recorded)")
+    p.add_argument("--cpu-fallback", action="store_true", help="continue on CPU when CUDA is not available")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="a run or checkpoint as a merged model folder that from_pretrained loads")
+    p.add_argument("run", help="run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

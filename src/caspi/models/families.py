@@ -13,6 +13,7 @@ The training loop, `plan` and `doctor` are meant to talk only to this interface,
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +84,16 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def decode(
-        self, model, processor, audio: list[np.ndarray], max_new_tokens: int = 128, batch_size: int = 16
+        self,
+        model,
+        processor,
+        audio: list[np.ndarray],
+        max_new_tokens: int = 128,
+        batch_size: int = 16,
+        autocast_dtype: torch.dtype | None = None,
     ) -> list[str]:
-        """Greedy transcription of each clip."""
+        """Greedy transcription of each clip. `autocast_dtype`: run generation under autocast (a model being
+        trained holds float32 master copies next to bf16 weights); feature extraction stays outside it."""
 
     @abstractmethod
     def param_groups(self, config) -> dict[str, GroupDef]:
@@ -94,6 +102,18 @@ class ModelFamily(ABC):
     @abstractmethod
     def lora_target_regex(self, layers: list[int] | None = None) -> str:
         """A peft `target_modules` regex restricted to the language decoder (optionally to some of its layers)."""
+
+    # --- the audio embeddings the text decoder sees (for the auxiliary CTC loss, `caspi.models.ctc`) ----------
+
+    def audio_embedding_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module whose forward output holds the audio embeddings fed to the text decoder."""
+        raise ConfigError(f"model family {self.name!r} has no auxiliary CTC support; set train.ctc_aux_weight=0")
+
+    def unpack_audio_embeddings(
+        self, model: torch.nn.Module, output: Any, batch: dict[str, torch.Tensor], frame_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """That module's output → (embeddings (B, T_a, H) zero-padded, lengths (B,)). `frame_lens`: mel frames."""
+        raise ConfigError(f"model family {self.name!r} has no auxiliary CTC support; set train.ctc_aux_weight=0")
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
@@ -196,3 +216,10 @@ def layer_regex(pattern: str, layers: list[int] | None) -> str:
     """Fill a layered pattern's `{i}` with an alternation of the given indices (any index when None)."""
     index = r"\d+" if layers is None else "(?:" + "|".join(str(i) for i in sorted(layers)) + ")"
     return pattern.replace("{i}", index)
+
+
+def generation_autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast for `generate` when `dtype` is given, else a no-op context."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

@@ -28,6 +28,7 @@ from caspi.models.families import (
     check_audio_batch,
     check_padding_side,
     from_pretrained_or_raise,
+    generation_autocast,
     register,
 )
 from caspi.models.tokenizer import train_unicode_bpe
@@ -349,6 +350,7 @@ class Qwen3ASRFamily(ModelFamily):
         max_new_tokens: int = 128,
         batch_size: int = 16,
         language: str = LANGUAGE,
+        autocast_dtype: torch.dtype | None = None,
     ) -> list[str]:
         """Greedy transcription of each clip: the text the model writes after `language {language}<asr_text>`.
 
@@ -365,7 +367,8 @@ class Qwen3ASRFamily(ModelFamily):
             chunk = audio[start : start + batch_size]
             batch = self.build_inputs(processor, chunk, None, padding_side="left", dtype=dtype, language=language)
             batch = {k: v.to(device) for k, v in batch.items()}
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+            with generation_autocast(device, autocast_dtype):
+                generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
             new_tokens = generated[:, batch["input_ids"].shape[1] :]  # (B, ≤ max_new_tokens)
             for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
                 hyps.append(text.rsplit(ASR_TEXT, 1)[-1].strip())
@@ -407,6 +410,18 @@ class Qwen3ASRFamily(ModelFamily):
         return layer_regex(
             r"model\.language_model\.layers\.{i}\.(?:self_attn|mlp)\.(?:q|k|v|o|gate|up|down)_proj", layers
         )
+
+    def audio_embedding_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return base.model.multi_modal_projector
+
+    def unpack_audio_embeddings(self, model, output, batch, frame_lens):
+        """The projector's output is packed over the batch, (sum of clip tokens, H); each clip's share is the
+        number of `<|audio_pad|>` placeholders in its prompt row (the model itself checks that the two agree)."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        counts = (batch["input_ids"] == base.config.audio_token_id).sum(dim=1)  # (B,)
+        rows = torch.split(output, counts.tolist())
+        return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True), counts  # (B, T_a, H), (B,)
 
 
 FAMILY = register(Qwen3ASRFamily())

@@ -271,14 +271,17 @@ def rebuild_optimizer(
     groups: Mapping[str, list[str]],
     lrs: Mapping[str, float] | float,
     weight_decay: float = 0.0,
+    extra_groups: Iterable[dict[str, Any]] = (),
 ) -> torch.optim.Optimizer:
     """A new optimizer of the same class and hyper-parameters over the new phase's groups, carrying over the state
     (e.g. AdamW's step, exp_avg, exp_avg_sq: the same tensor objects) of every parameter that stays trainable.
-    State of parameters that leave is dropped. An LR scheduler holds the old optimizer: rebuild it too."""
+    State of parameters that leave is dropped. `extra_groups`: param groups of tensors outside the model (e.g. a
+    training-only head), appended as given. An LR scheduler holds the old optimizer: rebuild it too."""
     # `defaults` can hold keys the constructor does not take (torch's AdamW records `decoupled_weight_decay`).
     accepted = inspect.signature(type(optimizer).__init__).parameters
     defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-    new = type(optimizer)(optimizer_param_groups(model, groups, lrs, weight_decay), **defaults)
+    param_groups = optimizer_param_groups(model, groups, lrs, weight_decay) + list(extra_groups)
+    new = type(optimizer)(param_groups, **defaults)
     for group in new.param_groups:
         for param in group["params"]:
             if param in optimizer.state:
@@ -322,3 +325,25 @@ def apply_lora(
 def lora_modules(model: torch.nn.Module) -> list[str]:
     """Names of the modules that carry a LoRA adapter (for logging and tests)."""
     return [name for name, module in model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A) > 0]
+
+
+def lora_substitute(model: torch.nn.Module, groups: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """With LoRA applied, a group trains the adapters of its LoRA-wrapped linears instead of their frozen base
+    weights: `...q_proj.base_layer.weight` is replaced by `...q_proj.lora_A.<adapter>.weight` and `lora_B`.
+    Parameters of the group that carry no adapter (norms, embeddings, the projector) stay as they are."""
+    params = [n for n, _ in model.named_parameters()]
+    adapters: dict[str, list[str]] = {}
+    for name in params:
+        if ".lora_" in name:
+            adapters.setdefault(name.split(".lora_")[0], []).append(name)
+    out: dict[str, list[str]] = {}
+    for group, names in groups.items():
+        chosen: list[str] = []
+        for name in names:
+            prefix = name.split(".base_layer.")[0] if ".base_layer." in name else None
+            if prefix is not None and prefix in adapters:
+                chosen.extend(a for a in adapters[prefix] if a not in chosen)
+            else:
+                chosen.append(name)
+        out[group] = chosen
+    return out

@@ -20,6 +20,7 @@ from caspi.models.families import (
     check_audio_batch,
     check_padding_side,
     from_pretrained_or_raise,
+    generation_autocast,
     register,
 )
 from caspi.models.tokenizer import train_byte_level_bpe
@@ -220,7 +221,13 @@ class WhisperFamily(ModelFamily):
 
     @torch.no_grad()
     def decode(
-        self, model, processor, audio: list[np.ndarray], max_new_tokens: int = 128, batch_size: int = 16
+        self,
+        model,
+        processor,
+        audio: list[np.ndarray],
+        max_new_tokens: int = 128,
+        batch_size: int = 16,
+        autocast_dtype: torch.dtype | None = None,
     ) -> list[str]:
         """Greedy Hebrew transcription of each clip (language `he`, task `transcribe`, no timestamps)."""
         was_training = model.training
@@ -230,14 +237,15 @@ class WhisperFamily(ModelFamily):
         hyps: list[str] = []
         for start in range(0, len(audio), batch_size):
             batch = self.build_inputs(processor, audio[start : start + batch_size], None, dtype=dtype)
-            generated = model.generate(
-                input_features=batch["input_features"].to(device),
-                language=LANGUAGE,
-                task=TASK,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-            )
+            with generation_autocast(device, autocast_dtype):
+                generated = model.generate(
+                    input_features=batch["input_features"].to(device),
+                    language=LANGUAGE,
+                    task=TASK,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                )
             hyps.extend(t.strip() for t in processor.tokenizer.batch_decode(generated, skip_special_tokens=True))
         model.train(was_training)
         return hyps
@@ -268,6 +276,17 @@ class WhisperFamily(ModelFamily):
         ]
         # fmt: on
         return {g.name: g for g in groups}
+
+    def audio_embedding_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return base.model.encoder
+
+    def unpack_audio_embeddings(self, model, output, batch, frame_lens):
+        """The encoder's `last_hidden_state` (B, 1500, H) covers the 30 s window; its stride-2 conv halves the mel
+        frames, so a clip of F frames owns the first ceil(F / 2) positions."""
+        hidden = output.last_hidden_state  # (B, T_a, H)
+        lens = torch.clamp((frame_lens + 1) // 2, max=hidden.shape[1])  # (B,)
+        return hidden, lens
 
     def lora_target_regex(self, layers: list[int] | None = None) -> str:
         """Decoder attention (self and cross) and MLP projections only."""

@@ -1,0 +1,1 @@
+"""Evaluation: WER/CER scoring, per-domain reports, model comparison."""

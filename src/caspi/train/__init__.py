@@ -1,0 +1,1 @@
+"""Training: the loop, checkpoints, preemption handling and experiment tracking."""

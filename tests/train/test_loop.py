@@ -1,0 +1,228 @@
+"""The training loop on a tiny Qwen3-ASR through the real CLI: golden losses, exact resume after a preemption in the
+middle of a gradient accumulation, phase switch, checkpoints, NaN/OOM handling, the gate, export."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from caspi.cli import main
+from caspi.config import load_recipe
+from caspi.train import checkpoint as ckpt
+from caspi.train import loop
+from caspi.train.export import load_run
+
+# Losses of the first 6 optimizer steps of `make_recipe()` with train.max_steps=6, recorded from this code on
+# CPU (torch 2.13, transformers 5.23, espeak-ng 1.51). A change that moves them changed what the loop computes.
+GOLDEN = [4.03911, 4.05110, 3.60332, 3.84946, 3.78309, 3.80324]
+
+
+def train_cli(recipe, out, *extra) -> int:
+    return main(["train", "--recipe", str(recipe), "--out", str(out), "--quiet", *extra])
+
+
+def test_golden_losses_through_the_cli(make_recipe, read_run, tmp_path, capsys):
+    recipe = make_recipe()
+    assert train_cli(recipe, tmp_path / "run", "train.max_steps=6") == 0
+    out = capsys.readouterr()
+    losses = [loss for _, loss in read_run.losses(tmp_path / "run")]
+    assert losses == pytest.approx(GOLDEN, rel=1e-4), losses
+    assert "trained 6 steps" in out.out
+    assert "Starting with phase 'B'" in out.err
+    assert "Switching to phase 'A' (epoch 2, step 5)" in out.err and "audio_top" in out.err  # 5 steps per epoch
+
+
+def test_exact_resume_after_preemption_mid_accumulation(reference_run, read_run, tmp_path, monkeypatch):
+    recipe_path, ref_dir, reference = reference_run
+    recipe = load_recipe(recipe_path)
+    assert not reference.preempted and reference.step == 10  # both phases ran
+
+    # 9 micro-batches per epoch, accumulation 2: epoch 1 is steps 1-5 (the 5th has one micro-batch), epoch 2 starts
+    # with micro-batches 10-11 (step 6). Preempt after micro-batch 12, the first half of step 7, so the checkpoint
+    # must carry partial gradients. The flag is what the SIGTERM handler sets.
+    calls = {"n": 0}
+    original = loop.TrainingRun._forward_backward
+
+    def counting(self, batch, sync):
+        result = original(self, batch, sync)
+        calls["n"] += 1
+        if calls["n"] == 12:
+            self.preempt.signal = signal.SIGTERM
+        return result
+
+    monkeypatch.setattr(loop.TrainingRun, "_forward_backward", counting)
+    stopped = loop.train(recipe, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(loop.TrainingRun, "_forward_backward", original)
+    assert stopped.preempted and stopped.step == 6
+    saved = ckpt.find_latest(tmp_path / "cut" / "checkpoints")
+    assert saved.name == "step-000006-m01"
+    assert torch.load(saved / "rank-0.pt", weights_only=False)["grads"]  # partial gradients were saved
+
+    resumed = loop.train(recipe, tmp_path / "cut", progress=False)
+    assert resumed.step == reference.step
+    assert read_run.losses(tmp_path / "cut") == read_run.losses(ref_dir)  # exactly equal
+    assert read_run.evals(tmp_path / "cut") == read_run.evals(ref_dir)
+    ref_w = load_file(ref_dir / "checkpoints" / ckpt.checkpoint_name(reference.step) / ckpt.WEIGHTS_FILE)
+    cut_w = load_file(tmp_path / "cut" / "checkpoints" / ckpt.checkpoint_name(resumed.step) / ckpt.WEIGHTS_FILE)
+    assert ref_w.keys() == cut_w.keys() and all(torch.equal(ref_w[k], cut_w[k]) for k in ref_w)
+
+
+def test_phase_switch_unfreezes_the_top_audio_layer(reference_run, read_run):
+    _, run, _ = reference_run
+    events = [e for e in read_run.events(run) if e["event"] == "phase"]
+    assert len(events) == 1 and "phase A at epoch 2" in events[0]["message"]
+    phases = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["kind"] == "train":
+            phases.setdefault(r["phase"], []).append(r)
+    assert set(phases) == {"B", "A"}
+    assert "lr/audio_top" not in phases["B"][0] and phases["A"][0]["lr/audio_top"] > 0
+    # Each phase warms up again from its own start: the first A step is at 1/warmup of its peak.
+    assert phases["A"][0]["lr/audio_top"] == pytest.approx(1e-3 / 2)
+
+    base = dict(load_run(run)[0].named_parameters())
+    final = load_file(ckpt.find_latest(run / "checkpoints") / ckpt.WEIGHTS_FILE)
+    audio = [n for n in final if "audio_tower.layers.1." in n]
+    assert audio and not any("audio_tower.layers.0." in n for n in final)  # only the top audio layer trained
+    assert all(torch.equal(base[n], final[n]) for n in audio)  # load_run applied them
+    state = json.loads((ckpt.find_latest(run / "checkpoints") / ckpt.STATE_FILE).read_text())
+    assert state["phase"] == "A" and any("audio_tower" in n for n in state["trained"])
+
+
+def test_checkpoints_are_pruned_to_last_n_plus_best(reference_run):
+    _, run, _ = reference_run
+    root = run / "checkpoints"
+    names = [p.name for p in ckpt.list_checkpoints(root)]
+    state = json.loads((ckpt.find_latest(root) / ckpt.STATE_FILE).read_text())
+    best = state["best"][1]
+    assert (root / ckpt.LATEST_FILE).read_text().strip() == names[-1]
+    assert best in names and len(set(names) - {best}) <= 2  # keep_last 2, plus the best by WER
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    assert (run / "final" / "config.json").is_file()
+
+
+def test_resume_refuses_another_recipe(make_recipe, tmp_path, capsys):
+    recipe = make_recipe()
+    assert train_cli(recipe, tmp_path / "run", "train.max_steps=2") == 0
+    capsys.readouterr()
+    assert train_cli(recipe, tmp_path / "run", "train.max_steps=2", "train.micro_batch=2") == 1
+    err = capsys.readouterr().err
+    assert "another recipe" in err and "train.micro_batch" in err
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(make_recipe, read_run, tmp_path, monkeypatch, capsys):
+    original = loop.TrainingRun._forward_backward
+
+    def poisoned(self, batch, sync):
+        result = original(self, batch, sync)
+        if self.step in (1, 4, 5, 6):  # step 2 is poisoned alone (skipped); 5..7 three in a row (the limit)
+            result = result * float("nan")
+        return result
+
+    monkeypatch.setattr(loop.TrainingRun, "_forward_backward", poisoned)
+    assert train_cli(make_recipe(train={"max_bad_steps": 3}), tmp_path / "run") == 1
+    err = capsys.readouterr().err
+    assert "3 optimizer steps in a row had a non-finite loss" in err
+    records = [r for r in (json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())]
+    skipped = [r["step"] for r in records if r["kind"] == "train" and r["skipped"]]
+    assert skipped == [2, 5, 6]  # the 3rd of the run stops before it is logged
+    assert sum(r["kind"] == "event" and r["event"] == "nonfinite" for r in records) == 4
+
+
+def test_oom_halves_the_micro_batch_and_keeps_the_gradient(make_recipe, read_run, tmp_path, monkeypatch, capsys):
+    recipe = make_recipe()
+    assert train_cli(recipe, tmp_path / "ref", "train.max_steps=4") == 0
+    original = loop.TrainingRun._forward_backward
+    raised = {"n": 0}
+
+    def oom_once(self, batch, sync):
+        if self.step == 1 and self.micro == 2 and self.chunks == 1 and not raised["n"]:
+            raised["n"] += 1
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, batch, sync)
+
+    monkeypatch.setattr(loop.TrainingRun, "_forward_backward", oom_once)
+    capsys.readouterr()
+    assert train_cli(recipe, tmp_path / "oom", "train.max_steps=4") == 0
+    assert "micro-batch halved" in capsys.readouterr().err
+    ref, oom = read_run.losses(tmp_path / "ref"), read_run.losses(tmp_path / "oom")
+    assert [s for s, _ in ref] == [s for s, _ in oom]
+    assert [x for _, x in oom] == pytest.approx([x for _, x in ref], rel=1e-4)  # same effective batch
+    state = json.loads((ckpt.find_latest(tmp_path / "oom" / "checkpoints") / ckpt.STATE_FILE).read_text())
+    assert state["chunks"] == 2
+
+
+def test_gate_stop_refuses_and_force_gate_is_recorded(make_recipe, train_corpus, tmp_path, capsys):
+    from caspi.audit.gate import file_sha256
+
+    report = tmp_path / "alignment_report.json"
+    report.write_text(json.dumps({
+        "decision": "STOP", "low_quality_percentage": 22.5, "low_quality_ci95": [18.0, 27.4], "total_samples": 400,
+        "manifest_sha256": file_sha256(train_corpus / "train.jsonl.gz")}))
+    recipe = make_recipe(gate={"report": str(report)})
+    assert train_cli(recipe, tmp_path / "run", "train.max_steps=1") == 3
+    assert "Phase 0 says STOP: 22.5 %" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert train_cli(recipe, tmp_path / "run", "train.max_steps=1", "--force-gate") == 0
+    gate = json.loads((tmp_path / "run" / "run.json").read_text())["gate"]
+    assert gate["forced"] is True and gate["decision"] == "STOP"
+
+
+def test_cuda_recipe_without_cuda_needs_cpu_fallback(make_recipe, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    recipe = make_recipe(hardware={"accelerator": "cuda"}, train={"precision": "bf16"})
+    assert train_cli(recipe, tmp_path / "run", "train.max_steps=1") == 1
+    assert "--cpu-fallback" in capsys.readouterr().err
+    assert train_cli(recipe, tmp_path / "run2", "train.max_steps=1", "--cpu-fallback") == 0
+
+
+def test_bf16_weights_train_with_float32_master_copies(make_recipe, read_run, tmp_path):
+    recipe = load_recipe(make_recipe(model={"dtype": "bfloat16"}, train={"precision": "bf16", "max_steps": 2}))
+    loop.train(recipe, tmp_path / "run", progress=False)
+    losses = [x for _, x in read_run.losses(tmp_path / "run")]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    weights = load_file(ckpt.find_latest(tmp_path / "run" / "checkpoints") / ckpt.WEIGHTS_FILE)
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    exported = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
+    assert exported.get("dtype", exported.get("torch_dtype")) == "bfloat16"
+
+
+def test_export_loads_with_from_pretrained_and_decodes_the_same(make_recipe, tmp_path, capsys, train_corpus):
+    from transformers import AutoProcessor, Qwen3ASRForConditionalGeneration
+
+    from caspi.data.cuts import read_manifest
+    from caspi.models.families import get_family
+
+    recipe = make_recipe(lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0})
+    assert train_cli(recipe, tmp_path / "run", "train.max_steps=3") == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
+    model = Qwen3ASRForConditionalGeneration.from_pretrained(tmp_path / "model")
+    processor = AutoProcessor.from_pretrained(tmp_path / "model")
+    assert not any("lora" in n for n, _ in model.named_parameters())  # adapters merged
+    family = get_family("qwen3_asr")
+    audio = [c.load_audio()[0] for c in list(read_manifest(train_corpus / "eval.jsonl.gz"))[:2]]
+    via_run = family.decode(load_run(tmp_path / "run")[0], load_run(tmp_path / "run")[1], audio, max_new_tokens=8)
+    via_export = family.decode(model, processor, audio, max_new_tokens=8)
+    assert via_export == via_run
+    # LoRA adapters were trained on the top LLM layer (not its frozen base weights) in phase B.
+    weights = load_file(ckpt.find_latest(tmp_path / "run" / "checkpoints") / ckpt.WEIGHTS_FILE)
+    assert any(".lora_A." in n for n in weights) and not any("base_layer" in n for n in weights)
+
+
+def test_whisper_family_trains_through_the_same_loop(make_recipe, read_run, tmp_path):
+    recipe = make_recipe(
+        model={"family": "whisper", "tiny": "xs", "name_or_path": "openai/whisper-large-v3"},
+        unfreeze={"groups": {"decoder_top": {"top": 1}, "encoder_top": {"top": 1}},
+                  "phases": [{"name": "B", "start_epoch": 1, "lr": {"decoder_top": 1e-3}},
+                             {"name": "A", "start_epoch": 2, "lr": {"decoder_top": 1e-3, "encoder_top": 1e-3}}]},
+    )
+    assert train_cli(recipe, tmp_path / "run", "train.max_steps=3") == 0
+    losses = [x for _, x in read_run.losses(tmp_path / "run")]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
