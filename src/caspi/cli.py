@@ -126,6 +126,21 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
+def cmd_audit(args) -> int:
+    from caspi.audit.gate import STOP
+    from caspi.audit.run import audit, render_summary
+    from caspi.config import AuditConfig, load_recipe
+
+    if args.overrides and args.recipe is None:
+        raise ConfigError(f"audit: overrides ({' '.join(args.overrides)}) need --recipe")
+    config = load_recipe(args.recipe, args.overrides).audit if args.recipe else AuditConfig()
+    result = audit(args.manifest, args.out, config, all_samples=args.all, progress=not args.quiet)
+    print(render_summary(result.report))
+    print(f"report            {result.report_path}")
+    print(f"cleaned manifest  {result.cleaned_path}  ({result.report['low_quality_samples']} flagged samples removed)")
+    return EXIT_STOP if result.decision == STOP else EXIT_OK
+
+
 def cmd_export(args) -> int:
     from caspi.train.export import export_run
 
@@ -179,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("audit", help="Phase 0: score a stratified sample, decide PROCEED/CAUTION/STOP, write a "
+                                      "report and a cleaned manifest (exit 3 on STOP)")
+    p.add_argument("--manifest", required=True, help="the training manifest to audit")
+    p.add_argument("--out", required=True, help="output folder (alignment_report.json, cleaned.jsonl.gz, cache)")
+    p.add_argument("--recipe", help="take the audit: section (thresholds, scorers) from this recipe")
+    p.add_argument("--all", action="store_true", help="audit every sample, not a stratified share")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("train", help="train (or resume) a run from a recipe; torchrun for several processes")
     p.add_argument("--recipe", required=True, help="recipe YAML; overrides such as train.max_steps=100 may follow")

@@ -161,14 +161,96 @@ class EvalConfig(_Section):
     batch_size: int = Field(8, ge=1)
 
 
+class TextScorerConfig(_Section):
+    """Model-free transcript checks: empty after normalisation, or mostly Latin script (not Hebrew)."""
+
+    enabled: bool = True
+    max_latin_share: float = Field(0.3, ge=0, le=1)  # share of letters that are Latin, above which it is flagged
+
+
+class RateScorerConfig(_Section):
+    """Transcript characters per second of audio against the domain's robust median (median, MAD)."""
+
+    enabled: bool = True
+    # Robust z-score (MAD × 1.4826) beyond which a sample is flagged. 3.0 measured on the demo corpus (seed 0):
+    # 3 false alarms in 1,104 clean clips, every half-cut transcript and half-cut audio caught.
+    max_abs_z: float = Field(3.0, gt=0)
+    min_domain_samples: int = Field(20, ge=3)  # smaller domains are compared with the whole audited set
+
+
+class VadScorerConfig(_Section):
+    """silero-vad speech activity: silence/noise-only audio, and transcripts longer than the speech can hold."""
+
+    enabled: bool = True
+    threshold: float = Field(0.5, gt=0, lt=1)  # speech probability that makes a speech segment
+    # no_speech when the clip's highest window probability stays below this. Measured on the demo corpus: planted
+    # silence/noise peaks at ≤ 0.062, while the clean clips in which silero finds no segment still peak ≥ 0.34.
+    max_prob_floor: float = Field(0.2, ge=0, le=1)
+    min_speech_s: float = Field(0.0, ge=0)  # also no_speech below this many seconds in segments (0: off)
+    min_speech_coverage: float = Field(0.0, ge=0, le=1)  # also no_speech below this share of the clip (0: off)
+    # Robust z of characters per speech second (per domain) beyond which text and speech disagree; None: off.
+    # Off by default: silero under-detects espeak speech, so the ratio has a long tail (at 3.5, 107 false alarms
+    # in 1,104 clean synthetic clips); worth trying on real recordings.
+    max_abs_z: float | None = Field(None, gt=0)
+    batch_size: int = Field(64, ge=1)
+
+
+class CtcScorerConfig(_Section):
+    """CTC forced alignment with any AutoModelForCTC (e.g. MMS with its Hebrew adapter)."""
+
+    enabled: bool = False
+    model: str = "facebook/mms-1b-all"  # hub id or local folder
+    revision: str | None = None
+    target_lang: str | None = "heb"  # MMS adapter; None for a single-language CTC model
+    confidence: float = Field(0.5, gt=0, lt=1)  # a character counts as aligned above this posterior
+    min_coverage: float = Field(0.5, ge=0, le=1)  # share of aligned characters below this → low_alignment
+    batch_size: int = Field(8, ge=1)
+
+
+class AsrScorerConfig(_Section):
+    """CER between the transcript and a model's hypothesis (the base model, or a round-1 run / export)."""
+
+    enabled: bool = False
+    model: str | None = None  # a Caspi run folder or checkpoint, an exported folder, or a hub id
+    max_cer: float = Field(0.75, gt=0)  # above this → asr_mismatch (wrong transcript or language)
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+
+
+class Qwen3AlignerConfig(_Section):
+    """Qwen3-ForcedAligner-0.6B: only for its 11 languages; Hebrew is not one of them."""
+
+    enabled: bool = False
+    model: str = "Qwen/Qwen3-ForcedAligner-0.6B"
+    language: str = "Hebrew"
+
+
+class ScorersConfig(_Section):
+    text: TextScorerConfig = TextScorerConfig()
+    rate: RateScorerConfig = RateScorerConfig()
+    vad: VadScorerConfig = VadScorerConfig()
+    ctc: CtcScorerConfig = CtcScorerConfig()
+    asr: AsrScorerConfig = AsrScorerConfig()
+    qwen3_aligner: Qwen3AlignerConfig = Qwen3AlignerConfig()
+
+
 class AuditConfig(_Section):
-    sample_fraction: float = Field(0.10, gt=0, le=1)  # share of each domain audited
+    sample_fraction: float = Field(0.10, gt=0, le=1)  # share of the manifest audited (stratified by domain)
     seed: int = 0
+    # Sample shares by domain group; None: proportional to each domain's size, or seed 001's 40 % noisy / 40 %
+    # clean / 20 % long tail when every domain name says which it is. Keys are domain names or "*" (the rest).
+    domain_shares: dict[str, float] | None = None
     proceed_below: float = Field(10.0, ge=0, le=100)  # % low-quality: below → PROCEED
     stop_above: float = Field(15.0, ge=0, le=100)  # % low-quality: above → STOP; between → CAUTION
+    workers: int = Field(2, ge=1)  # audio decoding processes
+    scorers: ScorersConfig = ScorersConfig()
 
     @model_validator(mode="after")
     def _ordered(self):
+        if self.domain_shares is not None:
+            bad = {k: v for k, v in self.domain_shares.items() if not v > 0}
+            if bad or not self.domain_shares:
+                raise ValueError(f"domain_shares must be a non-empty mapping of positive shares, got {bad or {}}")
         if self.proceed_below > self.stop_above:
             raise ValueError(f"proceed_below ({self.proceed_below}) must be <= stop_above ({self.stop_above})")
         return self

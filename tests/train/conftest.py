@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -94,5 +95,26 @@ def reference_run(train_corpus, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("reference")
     recipe = tiny_recipe(train_corpus, folder / "recipe.yaml")
-    result = train(load_recipe(recipe), folder / "run", progress=False)
+    with one_thread():
+        result = train(load_recipe(recipe), folder / "run", progress=False)
     return recipe, folder / "run", result
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Bit-exact comparisons between runs need the same float reduction order: one intra-op thread in this process
+    (the trainer subprocesses of the kill tests get OMP_NUM_THREADS=1). Other tests may have changed the count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def single_thread():
+    with one_thread():
+        yield

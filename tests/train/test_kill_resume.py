@@ -21,7 +21,8 @@ TIMEOUT = 180  # seconds for one training process
 def start(recipe: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "caspi", "train", "--recipe", str(recipe), "--out", str(out), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},  # as the in-process reference run (conftest)
     )
 
 

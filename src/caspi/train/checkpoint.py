@@ -188,9 +188,11 @@ def save_checkpoint(
 
 
 def prune(root: Path, keep_last: int, keep: set[str]) -> list[str]:
-    """Delete complete checkpoints except the newest `keep_last` and those named in `keep`; returns deleted."""
+    """Delete complete checkpoints except the newest `keep_last` (at least the newest one) and those named in
+    `keep`; returns the deleted names, oldest first."""
     found = list_checkpoints(root)
-    survivors = {p.name for p in found[-keep_last:]} | keep
+    # max(…, 1): the newest always survives (`found[-0:]` would also be the whole list, keeping everything).
+    survivors = {p.name for p in found[-max(keep_last, 1):]} | keep
     deleted = []
     for p in found:
         if p.name not in survivors:
@@ -218,6 +220,8 @@ def load_checkpoint(folder: Path, rank: int = 0) -> Snapshot:
         rank_state = torch.load(rank_file, map_location="cpu", weights_only=False)
     except CheckpointError:
         raise
-    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - damaged bytes make safetensors (SafetensorError), pickle
+        # (UnpicklingError, EOFError, or whatever a garbled opcode stream triggers) and torch's zip reader
+        # (RuntimeError) raise unrelated types; every one means the same thing here.
         raise CheckpointError(f"{folder}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
     return Snapshot(state=state, weights=weights, optimizer=optimizer, rank_state=rank_state)

@@ -158,7 +158,10 @@ class TrainingRun:
                                     target_regex=r.lora.target_regex)
         if r.train.gradient_checkpointing:
             base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(base, "activation_checkpointing_enable"):  # transformers ≥ 5.x name; the old one warns
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             base.config.use_cache = False
         if r.train.ctc_aux_weight > 0:
             base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -188,6 +191,7 @@ class TrainingRun:
         self.chunks = 1  # micro-batch split after CUDA OOM: each micro-batch runs as `chunks` pieces
         self.pending_loss = torch.zeros(3)  # (loss, ce, ctc) of this step's micro-batches so far, each ÷ accum
         self.last_loss: float | None = None
+        self.clips_per_s = 0.0  # over the last logging interval, all processes
         self.optimizer: torch.optim.Optimizer | None = None
         self._print_start()
         if self.resume is not None:
@@ -228,7 +232,7 @@ class TrainingRun:
                 self.consumed += 1
                 window.append(self._model_inputs(batch))
                 self.micro += 1
-                sync = self.micro == self.accum or last_of_epoch
+                sync = self.micro == self.accum or last_of_epoch  # the last micro-batch of a step synchronises
                 self.pending_loss += self._forward_backward_or_split(window, sync, self.pending_loss)
                 clips_since_log += len(batch["ids"]) * self.world_size
                 if sync:
@@ -277,6 +281,8 @@ class TrainingRun:
             try:
                 return self._forward_backward(window[-1], sync)
             except torch.OutOfMemoryError:
+                # (After a resume in the middle of a step, the restored partial gradients of micro-batches before
+                # the preemption cannot be replayed and are lost with this reset: a rare, logged imprecision.)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -404,7 +410,7 @@ class TrainingRun:
         for group in names.values():
             self.trained.update(group)
         # Trained parameters keep float32 master weights under bf16/fp16 models (AdamW updates in 16 bits stall).
-        for name, p in self.model.named_parameters():
+        for p in self.model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
         extra = []
@@ -433,7 +439,9 @@ class TrainingRun:
             )
         if self.is_main and not restoring:
             verb = "Starting with" if first else "Switching to"
-            print(f"{verb} phase {phase.name!r} (epoch {self.epoch}, step {self.step}):", file=sys.stderr)
+            number = self.recipe.unfreeze.phases.index(phase) + 1
+            print(f"{verb} {phase.name} (phase {number} of {len(self.recipe.unfreeze.phases)}, epoch {self.epoch}, "
+                  f"step {self.step}):", file=sys.stderr)
             print(group_table(self.model, names, phase.lr).render(), file=sys.stderr)
             if not first:
                 self._event("phase", f"switched to phase {phase.name} at epoch {self.epoch}, step {self.step}")
@@ -678,7 +686,8 @@ class TrainingRun:
 
             meta = {
                 "fingerprint": fingerprint, "recipe_name": self.recipe.name, "overrides": self.overrides,
-                "recipe": self.recipe.to_dict(), "world_size": self.world_size, "gate": gate.to_dict() if gate else None,
+                "recipe": self.recipe.to_dict(), "world_size": self.world_size,
+                "gate": gate.to_dict() if gate else None,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "caspi": __version__, "torch": torch.__version__,
                 "transformers": transformers.__version__,
             }
@@ -794,6 +803,7 @@ class TrainingRun:
         return box[0]
 
     def _log_step(self, loss: float | None, clips_per_s: float) -> None:
+        self.clips_per_s = clips_per_s
         losses = self.step_losses
         record = {"kind": "train", "step": self.step, "epoch": self.epoch, "phase": self.phase.name,
                   "loss": float(losses[0]), "ce": float(losses[1])}
@@ -816,7 +826,7 @@ class TrainingRun:
     def _postfix(self, loss: float | None) -> str:
         lr = self.optimizer.param_groups[0]["lr"]
         text = "skipped" if loss is None else f"{loss:.3f}"
-        return f"loss {text} lr {lr:.2e} mem {_memory_gib(self.device):.2f} GiB"
+        return f"loss {text} lr {lr:.2e} {self.clips_per_s:.1f} clips/s mem {_memory_gib(self.device):.2f} GiB"
 
     def _progress_bar(self, total: int):
         from tqdm import tqdm

@@ -25,6 +25,8 @@ class PreemptionFlag:
         self._previous: dict[int, object] = {}
 
     def install(self) -> PreemptionFlag:
+        if self._previous:
+            return self  # installed already: recording our own handler as "previous" would make restore() a no-op
         for sig in PREEMPT_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -42,7 +44,9 @@ class PreemptionFlag:
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # None: the old handler was set outside Python and cannot be put back; signal.signal(sig, None) would
+            # raise TypeError (in cleanup, masking whatever ended the run). The default action is the closest.
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
 
 
@@ -54,7 +58,11 @@ def request_requeue() -> str | None:
     scontrol = shutil.which("scontrol")
     if scontrol is None:
         return f"SLURM job {job}: scontrol not found, cannot requeue (resubmit the job to resume)"
-    result = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True, timeout=30)
+    try:
+        result = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        # Called after the preemption save: a hung or unrunnable scontrol must not turn a clean stop into a crash.
+        return f"SLURM job {job}: `scontrol requeue` failed: {type(exc).__name__}: {exc}"
     if result.returncode != 0:
         return f"SLURM job {job}: `scontrol requeue` failed: {result.stderr.strip() or result.returncode}"
     return f"SLURM job {job}: requeued; it will resume from the checkpoint"

@@ -1,0 +1,318 @@
+"""The audit's scorers: one protocol, two halves.
+
+    measure(samples) -> [ {numbers} ]      per sample, cached in DIR/scores.jsonl (expensive: audio, models)
+    flag(samples, measures) -> [ [reasons] ]   over the whole audited set, from the cached numbers and the
+                                              recipe's thresholds (cheap: a re-run with other thresholds reuses
+                                              every measurement)
+
+A sample is low quality when any enabled scorer gives it a reason. What each scorer can and cannot see:
+
+    text           empty_transcript, latin_script      English or empty transcripts; blind to the audio
+    rate           rate_low, rate_high                 half-cut transcripts, appended text, half-cut audio
+                                                       (characters per second vs the domain's median);
+                                                       blind to a wrong transcript of a similar length
+    vad            no_speech, text_exceeds_speech,     silence or noise-only audio, text longer than the speech
+                   speech_exceeds_text                 (silero-vad speech seconds); blind to wrong words
+    ctc            low_alignment                       wrong words, with a Hebrew CTC model (coverage of the
+                                                       forced alignment)
+    asr            asr_mismatch                        another utterance's transcript, another language (CER
+                                                       against a model's hypothesis)
+    qwen3_aligner  (refuses Hebrew)                    Qwen3-ForcedAligner has no Hebrew
+
+Robust statistics: rates are compared with their domain's median and MAD (×1.4826, the normal-consistent scale);
+a domain with fewer than `min_domain_samples` audited samples is compared with the whole set.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from caspi.data.text import for_scoring
+from caspi.errors import ConfigError
+
+MAD_SCALE = 1.4826  # MAD → standard deviation for normal data
+
+
+@dataclass
+class AuditSample:
+    """One audited sample. `audio` (16 kHz mono float32) is loaded only for scorers that need it; `error` is set
+    when the audio could not be decoded (the sample is then flagged `unreadable` and not measured)."""
+
+    id: str
+    domain: str
+    text: str
+    duration: float  # seconds, from the manifest
+    audio: np.ndarray | None = None
+    error: str | None = None
+
+
+class Scorer(ABC):
+    name: str
+    version: str  # bump when `measure` changes, so cached numbers are recomputed
+    needs_audio: bool = False
+    measure_keys: tuple[str, ...] = ()  # config fields that change what `measure` computes (the rest only flag)
+
+    def __init__(self, config):
+        self.config = config
+
+    @property
+    def cache_key(self) -> str:
+        """The version plus every measurement setting: cached numbers are reused only when these all match."""
+        params = ",".join(f"{k}={getattr(self.config, k)}" for k in self.measure_keys)
+        return f"{self.version}:{params}" if params else self.version
+
+    @abstractmethod
+    def measure(self, samples: list[AuditSample]) -> list[dict]:
+        """Per-sample numbers (JSON-able) for a batch of samples."""
+
+    @abstractmethod
+    def flag(self, samples: list[AuditSample], measures: list[dict]) -> list[list[str]]:
+        """Reasons per sample over the whole audited set (the same order)."""
+
+    def thresholds(self) -> dict:
+        return {k: v for k, v in self.config.model_dump().items() if k != "enabled"}
+
+    def describe(self) -> dict:
+        return {"name": self.name, "version": self.version, "cache_key": self.cache_key,
+                "thresholds": self.thresholds()}
+
+
+def scoring_letters(text: str) -> str:
+    """The transcript's letters and digits after the scoring normaliser (what a rate should count)."""
+    return "".join(ch for ch in for_scoring(text) if not ch.isspace())
+
+
+def _centre_scale(ref: np.ndarray) -> tuple[float, float]:
+    median = float(np.median(ref))
+    scale = float(np.median(np.abs(ref - median))) * MAD_SCALE
+    # All (or most) values equal: MAD is 0; 5 % of the median as the unit keeps z finite and meaningful.
+    return median, scale if scale > 0 else max(abs(median) * 0.05, 1e-9)
+
+
+def robust_z(values, groups: list[str], min_group: int) -> np.ndarray:
+    """(x - median) / (MAD × 1.4826) within each group; groups with fewer than `min_group` finite values are
+    compared with the whole set. NaN stays NaN."""
+    values = np.asarray(values, dtype=float)
+    names = np.asarray(groups)
+    finite = np.isfinite(values)
+    z = np.full(len(values), np.nan)
+    if not finite.any():
+        return z
+    overall = _centre_scale(values[finite])
+    for group in sorted(set(groups)):
+        mask = names == group
+        ref = values[mask & finite]
+        median, scale = _centre_scale(ref) if ref.size >= min_group else overall
+        z[mask] = (values[mask] - median) / scale
+    return z
+
+
+class TextScorer(Scorer):
+    name, version = "text", "1"
+
+    def measure(self, samples):
+        out = []
+        for s in samples:
+            letters = [ch for ch in unicodedata.normalize("NFC", s.text) if ch.isalpha()]
+            latin = sum("LATIN" in unicodedata.name(ch, "") for ch in letters)
+            out.append({"chars": len(scoring_letters(s.text)), "letters": len(letters),
+                        "latin_share": latin / len(letters) if letters else 0.0})
+        return out
+
+    def flag(self, samples, measures):
+        reasons = []
+        for m in measures:
+            r = []
+            if m["chars"] == 0:
+                r.append("empty_transcript")
+            elif m["latin_share"] > self.config.max_latin_share:
+                r.append("latin_script")
+            reasons.append(r)
+        return reasons
+
+
+class RateScorer(Scorer):
+    name, version = "rate", "1"
+
+    def measure(self, samples):
+        return [{"chars_per_s": len(scoring_letters(s.text)) / s.duration if s.duration > 0 else float("nan")}
+                for s in samples]
+
+    def flag(self, samples, measures):
+        rates = np.array([m["chars_per_s"] for m in measures], dtype=float)
+        z = robust_z(rates, [s.domain for s in samples], self.config.min_domain_samples)
+        k = self.config.max_abs_z
+        return [["rate_low"] if zi < -k else ["rate_high"] if zi > k else [] for zi in np.nan_to_num(z)]
+
+
+class VadScorer(Scorer):
+    name, version = "vad", "2"
+    needs_audio = True
+    measure_keys = ("threshold",)
+
+    def measure(self, samples):
+        from caspi.audit.vad import vad_measures
+
+        measures = vad_measures([s.audio for s in samples], threshold=self.config.threshold,
+                                batch_size=self.config.batch_size)
+        for s, m in zip(samples, measures):
+            chars = len(scoring_letters(s.text))
+            m["chars_per_speech_s"] = chars / m["speech_s"] if m["speech_s"] > 0 else float("nan")
+        return measures
+
+    def flag(self, samples, measures):
+        c = self.config
+        per_speech = np.array([m["chars_per_speech_s"] for m in measures], dtype=float)
+        z = robust_z(per_speech, [s.domain for s in samples], 20)
+        reasons = []
+        for m, zi in zip(measures, z):
+            if (m["max_speech_prob"] < c.max_prob_floor or m["speech_s"] < c.min_speech_s
+                    or m["speech_coverage"] < c.min_speech_coverage):
+                reasons.append(["no_speech"])
+            elif c.max_abs_z is not None and math.isfinite(zi) and zi > c.max_abs_z:
+                reasons.append(["text_exceeds_speech"])
+            elif c.max_abs_z is not None and math.isfinite(zi) and zi < -c.max_abs_z:
+                reasons.append(["speech_exceeds_text"])
+            else:
+                reasons.append([])
+        return reasons
+
+
+class CtcScorer(Scorer):
+    name, version = "ctc", "1"
+    needs_audio = True
+    measure_keys = ("model", "revision", "target_lang", "confidence")
+
+    def __init__(self, config, aligner=None):
+        super().__init__(config)
+        self._aligner = aligner  # injected in tests (a tiny CTC model); built on first use otherwise
+
+    @property
+    def aligner(self):
+        if self._aligner is None:
+            from caspi.audit.ctc_align import CtcAligner
+
+            c = self.config
+            self._aligner = CtcAligner(c.model, revision=c.revision, target_lang=c.target_lang,
+                                       batch_size=c.batch_size, threshold=c.confidence)
+        return self._aligner
+
+    def measure(self, samples):
+        return self.aligner.align([s.audio for s in samples], [s.text for s in samples])
+
+    def flag(self, samples, measures):
+        return [["low_alignment"] if (not m["feasible"] or m["coverage"] < self.config.min_coverage) else []
+                for m in measures]
+
+
+class AsrScorer(Scorer):
+    name, version = "asr", "1"
+    needs_audio = True
+    measure_keys = ("model", "max_new_tokens")
+
+    def __init__(self, config, model=None):
+        super().__init__(config)
+        if model is None and not config.model:
+            raise ConfigError("audit.scorers.asr.model: give the model whose transcripts are compared (a Caspi run "
+                              "folder, an exported folder or a hub id), or disable the asr scorer")
+        self._loaded = model  # (model, processor, family), injected in tests
+
+    @property
+    def loaded(self):
+        if self._loaded is None:
+            self._loaded = load_any_model(self.config.model)
+        return self._loaded
+
+    def measure(self, samples):
+        from caspi.eval.metrics import score
+
+        model, processor, family = self.loaded
+        hyps = family.decode(model, processor, [s.audio for s in samples], max_new_tokens=self.config.max_new_tokens,
+                             batch_size=self.config.batch_size)
+        out = []
+        for s, h in zip(samples, hyps):
+            sc = score([s.text], [h])
+            out.append({"cer": sc.cer if sc.ref_chars else float("nan"), "hypothesis": h})
+        return out
+
+    def flag(self, samples, measures):
+        return [["asr_mismatch"] if not (m["cer"] <= self.config.max_cer) else [] for m in measures]
+
+
+class Qwen3AlignerScorer(Scorer):
+    """Qwen3-ForcedAligner through transformers' `Qwen3ASRForTokenClassification`, for its 11 languages only."""
+
+    name, version = "qwen3_aligner", "1"
+    needs_audio = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        languages = supported_aligner_languages()
+        if config.language not in languages:
+            raise ConfigError(
+                f"audit.scorers.qwen3_aligner: Qwen3-ForcedAligner supports {', '.join(languages)}; "
+                f"{config.language!r} is not one of them (it was never trained on it, so its alignments would be "
+                "noise). For Hebrew use the text, rate and vad scorers, plus ctc with a Hebrew CTC model (e.g. "
+                "facebook/mms-1b-all, target_lang heb) or asr with a model that transcribes Hebrew."
+            )
+        raise ConfigError(
+            "audit.scorers.qwen3_aligner: the aligner path for supported languages is not built yet in Caspi (this "
+            "project is Hebrew-first); use the ctc scorer"
+        )
+
+    def measure(self, samples):  # pragma: no cover - the constructor refuses
+        raise NotImplementedError
+
+    def flag(self, samples, measures):  # pragma: no cover
+        raise NotImplementedError
+
+
+def supported_aligner_languages() -> list[str]:
+    """The languages Qwen3-ForcedAligner was trained on, as transformers lists them."""
+    from transformers.models.qwen3_asr import processing_qwen3_asr
+
+    return sorted(processing_qwen3_asr.FORCED_ALIGNER_LANGUAGES)
+
+
+def load_any_model(spec: str):
+    """(model, processor, family) from a Caspi run or checkpoint folder, an exported folder, or a hub id."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from caspi.models.families import family_of, from_pretrained_or_raise, get_family
+    from caspi.train.export import load_run
+
+    path = Path(spec)
+    if (path / "run.json").is_file() or (path / "state.json").is_file():
+        return load_run(path)
+    config = from_pretrained_or_raise(AutoConfig.from_pretrained, "asr scorer", spec, None)
+    family = next((get_family(n) for n in ("qwen3_asr", "whisper") if config.model_type in get_family(n).model_types),
+                  None)
+    if family is None:
+        raise ConfigError(f"audit.scorers.asr.model: {spec!r} is a {config.model_type!r} model; Caspi's families "
+                          "handle qwen3_asr and whisper")
+    import torch
+
+    model, processor = family.load(spec, dtype=torch.float32)
+    return model.eval(), processor, family_of(model)
+
+
+SCORERS = {cls.name: cls for cls in (TextScorer, RateScorer, VadScorer, CtcScorer, AsrScorer, Qwen3AlignerScorer)}
+
+
+def build_scorers(config) -> list[Scorer]:
+    """The enabled scorers of a recipe's `audit.scorers` section, in a fixed order."""
+    scorers = []
+    for name, cls in SCORERS.items():
+        section = getattr(config, name)
+        if section.enabled:
+            scorers.append(cls(section))
+    if not scorers:
+        raise ConfigError("audit.scorers: every scorer is disabled; enable at least one (text, rate, vad, ...)")
+    return scorers

@@ -1,0 +1,160 @@
+"""Preemption: SIGTERM/SIGUSR1 only set a flag, restore() puts the old handlers back, and the SLURM requeue
+request reports each outcome (requeued, failed, scontrol missing, not under SLURM) without raising."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from caspi.train import preempt
+from caspi.train.preempt import PREEMPT_SIGNALS, PreemptionFlag, request_requeue
+
+
+@pytest.fixture
+def original_handlers():
+    """Whatever handlers the test changes are put back afterwards, so a stray SIGTERM cannot be swallowed."""
+    saved = {sig: signal.getsignal(sig) for sig in PREEMPT_SIGNALS}
+    yield saved
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def send_and_wait(flag: PreemptionFlag, sig: int) -> None:
+    os.kill(os.getpid(), sig)
+    deadline = time.monotonic() + 5
+    while not flag.requested and time.monotonic() < deadline:  # Python runs the handler at its next check
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_sets_the_flag_and_does_not_raise(original_handlers, sig):
+    flag = PreemptionFlag()
+    assert not flag.requested and flag.name == "-"
+    flag.install()
+    try:
+        send_and_wait(flag, sig)  # the process survives: the default action of both would end it
+        assert flag.requested
+        assert flag.signal == sig
+        assert flag.name == signal.Signals(sig).name
+    finally:
+        flag.restore()
+
+
+def test_second_signal_is_recorded_too(original_handlers):
+    flag = PreemptionFlag().install()
+    try:
+        send_and_wait(flag, signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert flag.name == "SIGTERM"
+    finally:
+        flag.restore()
+
+
+def test_restore_puts_back_the_previous_handlers(original_handlers):
+    calls = []
+
+    def previous(signum, frame):
+        calls.append(signum)
+
+    for sig in PREEMPT_SIGNALS:
+        signal.signal(sig, previous)
+    flag = PreemptionFlag().install()
+    for sig in PREEMPT_SIGNALS:
+        assert signal.getsignal(sig) == flag._handle
+    flag.install()  # twice: must not record its own handler as the one to restore
+    flag.restore()
+    for sig in PREEMPT_SIGNALS:
+        assert signal.getsignal(sig) is previous
+    os.kill(os.getpid(), signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert calls == [signal.SIGUSR1] and not flag.requested
+    flag.restore()  # a second restore is harmless
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_restore_of_default_handlers(original_handlers):
+    for sig in PREEMPT_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    flag = PreemptionFlag().install()
+    flag.restore()
+    assert all(signal.getsignal(sig) == signal.SIG_DFL for sig in PREEMPT_SIGNALS)
+
+
+# ---------------------------------------------------------------------------------------------- SLURM requeue
+
+
+def fake_scontrol(bin_dir: Path, log: Path, exit_code: int = 0, stderr: str = "") -> None:
+    """An executable `scontrol` that appends its arguments to `log` and exits with `exit_code`."""
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "scontrol"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        f"sys.stderr.write({stderr!r})\n"
+        f"sys.exit({exit_code})\n",
+        encoding="utf-8",
+    )
+    script.chmod(0o755)
+
+
+def test_no_slurm_no_requeue(monkeypatch, tmp_path):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    fake_scontrol(tmp_path / "bin", tmp_path / "calls.txt")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert request_requeue() is None
+    assert not (tmp_path / "calls.txt").exists()
+
+
+def test_requeue_calls_scontrol(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    fake_scontrol(tmp_path / "bin", tmp_path / "calls.txt")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    line = request_requeue()
+    assert (tmp_path / "calls.txt").read_text() == "requeue 4242\n"
+    assert line == "SLURM job 4242: requeued; it will resume from the checkpoint"
+
+
+def test_failing_scontrol(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    fake_scontrol(tmp_path / "bin", tmp_path / "calls.txt", exit_code=1, stderr="Requested operation is disabled\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    line = request_requeue()
+    assert (tmp_path / "calls.txt").read_text() == "requeue 4242\n"
+    assert line == "SLURM job 4242: `scontrol requeue` failed: Requested operation is disabled"
+
+
+def test_failing_scontrol_without_stderr_reports_the_exit_code(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    fake_scontrol(tmp_path / "bin", tmp_path / "calls.txt", exit_code=3)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert request_requeue() == "SLURM job 7: `scontrol requeue` failed: 3"
+
+
+def test_hung_scontrol_is_a_failure_not_a_crash(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    fake_scontrol(tmp_path / "bin", tmp_path / "calls.txt")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+
+    def hang(cmd, **kwargs):
+        raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout"))
+
+    monkeypatch.setattr(preempt.subprocess, "run", hang)
+    line = request_requeue()
+    assert line.startswith("SLURM job 7: `scontrol requeue` failed: TimeoutExpired")
+
+
+def test_missing_scontrol(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert request_requeue() == "SLURM job 4242: scontrol not found, cannot requeue (resubmit the job to resume)"
