@@ -20,14 +20,19 @@ $(STAMP): pyproject.toml
 	@scripts/ensure-espeak
 	touch $(STAMP)
 
-# The main job, as far as it is built: synthesise → import → statistics → train a tiny Qwen3-ASR from scratch on
-# CPU (periodic WER/CER on the eval split; resumable: run it again after an interruption). The Phase 0 audit and
-# the evaluation report join it when they land.
+# The main job: synthesise (8 % planted errors) → import → statistics → Phase 0 audit (exit 3 stops here on STOP)
+# → train a tiny Qwen3-ASR from scratch on CPU on the cleaned manifest, gated by the audit's report (run it again
+# after an interruption and it resumes) → evaluate the untrained base and the trained model per domain and compare
+# them (CSV, JSON, Markdown, PNG in runs/demo-report).
 demo: $(STAMP)
 	$(BIN)/caspi synth --out $(DEMO) --n-train 1200 --n-eval 300 --seed 0 --error-rate 0.08
 	$(BIN)/caspi import $(DEMO)/train.jsonl.gz --out $(DEMO)/imported/train.jsonl.gz
 	$(BIN)/caspi stats $(DEMO)/imported/train.jsonl.gz
-	$(BIN)/caspi train --recipe recipes/demo-cpu.yaml --out $(RUNS)/demo data.train_manifest=$(DEMO)/imported/train.jsonl.gz
+	$(BIN)/caspi audit --manifest $(DEMO)/imported/train.jsonl.gz --out $(RUNS)/demo-phase0 --recipe recipes/demo-cpu.yaml
+	$(BIN)/caspi train --recipe recipes/demo-cpu.yaml --out $(RUNS)/demo \
+		data.train_manifest=$(RUNS)/demo-phase0/cleaned.jsonl.gz gate.report=$(RUNS)/demo-phase0/alignment_report.json
+	$(BIN)/caspi compare $(RUNS)/demo/base $(RUNS)/demo --manifest $(DEMO)/eval.jsonl.gz --recipe recipes/demo-cpu.yaml \
+		--names untrained trained --out $(RUNS)/demo-report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -35,6 +40,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_padding.py
 	$(BIN)/python benchmarks/bench_import.py
+	$(BIN)/python benchmarks/bench_vad.py
+	$(BIN)/python benchmarks/bench_audit_quality.py --n 2500 --seed 1
+	$(BIN)/python benchmarks/bench_audit_speed.py --n 2500
+	$(BIN)/python benchmarks/bench_checkpoint.py
+	$(BIN)/python benchmarks/bench_loop_overhead.py
+	$(BIN)/python benchmarks/bench_learning.py --seeds 0 1
 
 clean-demo:
-	rm -rf $(DEMO) $(RUNS)/demo
+	rm -rf $(DEMO) $(RUNS)/demo $(RUNS)/demo-phase0 $(RUNS)/demo-report

@@ -13,9 +13,12 @@ Loop seconds per step: `train()` is run to `--warmup` steps and to `--warmup + -
 Baseline: the same base model (loaded from the loop's run folder), AdamW over the same param groups, the same
 sampler (`sampler_from_recipe`), dataset and DataLoader, inputs from `family.build_inputs`, then
 `model(**inputs).loss.backward(); optimizer.step(); optimizer.zero_grad()`, timed from step `--warmup` + 1 on.
-Overhead = loop / bare − 1, target ≤ 10 %.
+Overhead = loop / bare − 1, target ≤ 10 %, from two estimates that resist CPU contention (2 cores shared with
+whatever else runs; loop and bare alternate in `--rounds` short rounds): the median over rounds of the whole-run
+ratio, and the median over the loop's 10-step logging windows of loop / bare on the same steps (the window times
+come from metrics.jsonl's `samples_per_s`).
 
-    .venv/bin/python benchmarks/bench_loop_overhead.py [--clips 96] [--warmup 10] [--steps 200] [--rounds 3]
+    .venv/bin/python benchmarks/bench_loop_overhead.py [--clips 96] [--warmup 10] [--steps 100] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -137,9 +140,9 @@ def main() -> None:
     parser.add_argument("--size", choices=["xs", "s"], default="s", help="tiny Qwen3-ASR size")
     parser.add_argument("--micro", type=int, default=16, help="clips per micro-batch (= effective batch)")
     parser.add_argument("--warmup", type=int, default=10, help="steps excluded from the timing")
-    parser.add_argument("--steps", type=int, default=200, help="timed steps (a multiple of --log-every)")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps (a multiple of --log-every)")
     parser.add_argument("--log-every", type=int, default=10, help="train.log_every_steps of the loop")
-    parser.add_argument("--rounds", type=int, default=3, help="repeat loop + bare this many times")
+    parser.add_argument("--rounds", type=int, default=5, help="repeat loop + bare this many times")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -160,9 +163,13 @@ def main() -> None:
         run_loop(short, tmp / "untimed")  # the first call pays lazy imports and allocator warm-up
         rows, ratios = [], []
         for r in range(args.rounds):
+            # Alternate which goes first, so a slow drift in the machine's load does not favour one side.
+            if r % 2:
+                bare_times, bare_losses, clips = run_bare(long, tmp / "untimed" / "base", total)
             t_short, _ = run_loop(short, tmp / f"short-{r}")
             t_long, loop_losses = run_loop(long, tmp / f"long-{r}")
-            bare_times, bare_losses, clips = run_bare(long, tmp / f"long-{r}" / "base", total)
+            if not r % 2:
+                bare_times, bare_losses, clips = run_bare(long, tmp / f"long-{r}" / "base", total)
             mismatched = {s: (loss, bare_losses.get(s)) for s, loss in loop_losses.items()
                           if bare_losses.get(s) is None or abs(loss - bare_losses[s]) > 1e-4 * abs(loss)}
             if mismatched:
@@ -193,11 +200,13 @@ def main() -> None:
     print(f"whole run: loop = (T(train to {total} steps) - T(train to {args.warmup})) / {args.steps}, bare = mean of "
           f"steps {args.warmup + 1}-{total}. Windows: the loop's logging windows (metrics.jsonl samples_per_s) "
           "against the bare loop's same steps; medians resist bursts of CPU contention.")
-    mean_overhead = statistics.median(row["loop_diff"] / row["bare_mean"] - 1 for row in rows)
+    # Each round's loop and bare runs are back to back (seconds apart), so a round's ratio is what a burst of
+    # contention disturbs least; the median over rounds drops the disturbed ones.
+    whole_overhead = statistics.median(row["loop_diff"] / row["bare_mean"] for row in rows) - 1
     paired_overhead = statistics.median(ratios) - 1
-    print(f"overhead: whole-run {mean_overhead:+.1%} (median of rounds), paired windows {paired_overhead:+.1%} "
-          f"(median of {len(ratios)}); target <= {TARGET:.0%}: "
-          f"{'PASS' if max(mean_overhead, paired_overhead) <= TARGET else 'FAIL'}")
+    print(f"overhead: whole run {whole_overhead:+.1%} (median of {len(rows)} rounds), paired windows "
+          f"{paired_overhead:+.1%} (median of {len(ratios)}); target <= {TARGET:.0%}: "
+          f"{'PASS' if max(whole_overhead, paired_overhead) <= TARGET else 'FAIL'}")
 
 
 if __name__ == "__main__":

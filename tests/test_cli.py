@@ -14,7 +14,8 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 def test_subcommand_surface_is_pinned():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"validate-recipe", "synth", "import", "stats", "audit", "train", "export"}
+    assert set(sub.choices) == {"validate-recipe", "synth", "import", "stats", "audit", "train", "export", "eval",
+                                "compare"}
 
 
 def test_validate_recipe_ok(capsys):

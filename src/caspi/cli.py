@@ -141,6 +141,57 @@ def cmd_audit(args) -> int:
     return EXIT_STOP if result.decision == STOP else EXIT_OK
 
 
+def _eval_settings(args):
+    from caspi.config import EvalConfig, load_recipe
+
+    if args.overrides and args.recipe is None:
+        raise ConfigError(f"{args.command}: overrides ({' '.join(args.overrides)}) need --recipe")
+    return load_recipe(args.recipe, args.overrides).eval if args.recipe else EvalConfig()
+
+
+def cmd_eval(args) -> int:
+    from caspi.eval.evaluate import evaluate, render_table
+
+    e = _eval_settings(args)
+    result = evaluate(args.manifest, args.out, model=args.model, hypotheses=args.hypotheses, normaliser=e.normaliser,
+                      batch_size=e.batch_size, max_new_tokens=e.max_new_tokens, num_beams=e.num_beams,
+                      resamples=args.resamples, seed=args.seed, progress=not args.quiet)
+    print(render_table(result.summary))
+    print(f"predictions  {result.out_dir / 'predictions.jsonl'}\nsummary      {result.out_dir / 'summary.json'}")
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from pathlib import Path
+
+    from caspi.eval.evaluate import PREDICTIONS, evaluate
+    from caspi.eval.report import compare, render_table
+
+    e = _eval_settings(args)
+    folders = []
+    for label, system in zip("ab", (args.a, args.b)):
+        if (Path(system) / PREDICTIONS).is_file():
+            folders.append(system)
+            continue
+        if args.manifest is None:
+            raise ConfigError(f"compare: {system} is not an eval output folder; pass --manifest to evaluate it first")
+        out = Path(args.out) / f"eval-{label}"
+        evaluate(args.manifest, out, model=system, normaliser=e.normaliser, batch_size=e.batch_size,
+                 max_new_tokens=e.max_new_tokens, num_beams=e.num_beams, resamples=args.resamples, seed=args.seed,
+                 progress=not args.quiet)
+        folders.append(out)
+    names = tuple(args.names) if args.names else (Path(args.a).name, Path(args.b).name)
+    result = compare(folders[0], folders[1], args.out, names=names, resamples=args.resamples, seed=args.seed)
+    print(render_table(result.rows, names))
+    for ext in ("csv", "json", "md", "png"):
+        print(f"comparison.{ext:<5} {result.out_dir / f'comparison.{ext}'}")
+    if args.fail_if_worse and result.any_worse:
+        worse = [r["dataset"] for r in result.rows if r["verdict"] == "worse"]
+        print(f"caspi: {names[1]} is significantly worse on {', '.join(worse)} (--fail-if-worse)", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def cmd_export(args) -> int:
     from caspi.train.export import export_run
 
@@ -212,6 +263,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-fallback", action="store_true", help="continue on CPU when CUDA is not available")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="per-domain WER/CER with bootstrap intervals for a model or a hypotheses file")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a Caspi run or checkpoint folder, an exported folder, or a hub id")
+    which.add_argument("--hypotheses", help="JSONL of another system: `id` (or the audio file stem), `hypothesis`")
+    p.add_argument("--manifest", required=True, help="the eval manifest (references and domains)")
+    p.add_argument("--out", required=True, help="output folder (predictions.jsonl, summary.json)")
+    p.add_argument("--recipe", help="take the eval: section (normaliser, batch size, beams) from this recipe")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="two systems per domain: WER, paired bootstrap CI and p, BH-corrected "
+                                        "verdicts; CSV, JSON, Markdown, PNG")
+    p.add_argument("a", help="eval output folder of system A (or a model, with --manifest)")
+    p.add_argument("b", help="eval output folder of system B (or a model, with --manifest)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--manifest", help="eval manifest, to evaluate A or B first when they are models")
+    p.add_argument("--names", nargs=2, metavar=("A", "B"), help="names in the tables (default: folder names)")
+    p.add_argument("--recipe", help="eval: settings for models evaluated here")
+    p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fail-if-worse", action="store_true", help="exit 1 when B is significantly worse anywhere")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="a run or checkpoint as a merged model folder that from_pretrained loads")
     p.add_argument("run", help="run folder (its latest checkpoint) or a checkpoint folder")

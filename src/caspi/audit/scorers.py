@@ -225,7 +225,9 @@ class AsrScorer(Scorer):
     @property
     def loaded(self):
         if self._loaded is None:
-            self._loaded = load_any_model(self.config.model)
+            from caspi.train.export import load_model
+
+            self._loaded = load_model(self.config.model)
         return self._loaded
 
     def measure(self, samples):
@@ -277,30 +279,6 @@ def supported_aligner_languages() -> list[str]:
     from transformers.models.qwen3_asr import processing_qwen3_asr
 
     return sorted(processing_qwen3_asr.FORCED_ALIGNER_LANGUAGES)
-
-
-def load_any_model(spec: str):
-    """(model, processor, family) from a Caspi run or checkpoint folder, an exported folder, or a hub id."""
-    from pathlib import Path
-
-    from transformers import AutoConfig
-
-    from caspi.models.families import family_of, from_pretrained_or_raise, get_family
-    from caspi.train.export import load_run
-
-    path = Path(spec)
-    if (path / "run.json").is_file() or (path / "state.json").is_file():
-        return load_run(path)
-    config = from_pretrained_or_raise(AutoConfig.from_pretrained, "asr scorer", spec, None)
-    family = next((get_family(n) for n in ("qwen3_asr", "whisper") if config.model_type in get_family(n).model_types),
-                  None)
-    if family is None:
-        raise ConfigError(f"audit.scorers.asr.model: {spec!r} is a {config.model_type!r} model; Caspi's families "
-                          "handle qwen3_asr and whisper")
-    import torch
-
-    model, processor = family.load(spec, dtype=torch.float32)
-    return model.eval(), processor, family_of(model)
 
 
 SCORERS = {cls.name: cls for cls in (TextScorer, RateScorer, VadScorer, CtcScorer, AsrScorer, Qwen3AlignerScorer)}

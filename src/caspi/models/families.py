@@ -91,9 +91,11 @@ class ModelFamily(ABC):
         max_new_tokens: int = 128,
         batch_size: int = 16,
         autocast_dtype: torch.dtype | None = None,
+        num_beams: int = 1,
     ) -> list[str]:
-        """Greedy transcription of each clip. `autocast_dtype`: run generation under autocast (a model being
-        trained holds float32 master copies next to bf16 weights); feature extraction stays outside it."""
+        """Transcription of each clip: greedy, or beam search with `num_beams` > 1. `autocast_dtype`: run
+        generation under autocast (a model being trained holds float32 master copies next to bf16 weights);
+        feature extraction stays outside it."""
 
     @abstractmethod
     def param_groups(self, config) -> dict[str, GroupDef]:

@@ -351,6 +351,7 @@ class Qwen3ASRFamily(ModelFamily):
         batch_size: int = 16,
         language: str = LANGUAGE,
         autocast_dtype: torch.dtype | None = None,
+        num_beams: int = 1,
     ) -> list[str]:
         """Greedy transcription of each clip: the text the model writes after `language {language}<asr_text>`.
 
@@ -368,7 +369,9 @@ class Qwen3ASRFamily(ModelFamily):
             batch = self.build_inputs(processor, chunk, None, padding_side="left", dtype=dtype, language=language)
             batch = {k: v.to(device) for k, v in batch.items()}
             with generation_autocast(device, autocast_dtype):
-                generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+                generated = model.generate(
+                    **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams
+                )
             new_tokens = generated[:, batch["input_ids"].shape[1] :]  # (B, ≤ max_new_tokens)
             for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
                 hyps.append(text.rsplit(ASR_TEXT, 1)[-1].strip())

@@ -228,6 +228,7 @@ class WhisperFamily(ModelFamily):
         max_new_tokens: int = 128,
         batch_size: int = 16,
         autocast_dtype: torch.dtype | None = None,
+        num_beams: int = 1,
     ) -> list[str]:
         """Greedy Hebrew transcription of each clip (language `he`, task `transcribe`, no timestamps)."""
         was_training = model.training
@@ -244,7 +245,7 @@ class WhisperFamily(ModelFamily):
                     task=TASK,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
-                    num_beams=1,
+                    num_beams=num_beams,
                 )
             hyps.extend(t.strip() for t in processor.tokenizer.batch_decode(generated, skip_special_tokens=True))
         model.train(was_training)

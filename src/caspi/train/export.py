@@ -41,6 +41,9 @@ def resolve_run(path: str | Path) -> tuple[Path, Path]:
 
 def load_run(path: str | Path, dtype: torch.dtype | None = None):
     """(model, processor, family) of a run's checkpoint, LoRA merged; `dtype` defaults to the recipe's."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-file loading bar for each tiny checkpoint drowns the output
     run_dir, folder = resolve_run(path)
     meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     recipe = validate_recipe_dict(meta["recipe"], source=str(run_dir / "run.json"))
@@ -67,6 +70,26 @@ def load_run(path: str | Path, dtype: torch.dtype | None = None):
             params[name].copy_(tensor.to(params[name].dtype))
     if recipe.lora.enabled:
         model = model.merge_and_unload()
+    return model.eval(), processor, family
+
+
+def load_model(spec: str | Path, dtype: torch.dtype = torch.float32):
+    """(model, processor, family) from anything a user calls a model: a Caspi run or checkpoint folder, an exported
+    or other local `from_pretrained` folder, or a hub id (its family from the config's `model_type`)."""
+    from transformers import AutoConfig
+
+    from caspi.errors import ConfigError
+    from caspi.models.families import family_names, from_pretrained_or_raise
+
+    path = Path(spec)
+    if (path / "run.json").is_file() or ckpt.is_complete(path):
+        return load_run(path, dtype=dtype)
+    config = from_pretrained_or_raise(AutoConfig.from_pretrained, "model", str(spec), None)
+    family = next((get_family(n) for n in family_names() if config.model_type in get_family(n).model_types), None)
+    if family is None:
+        raise ConfigError(f"{spec}: a {config.model_type!r} model; Caspi's families handle "
+                          f"{', '.join(family_names())}")
+    model, processor = family.load(str(spec), dtype=dtype)
     return model.eval(), processor, family
 
 

@@ -1,0 +1,222 @@
+"""`caspi eval`: transcribe an eval manifest with a model (or read another system's hypotheses) and score it per
+domain with the one Hebrew normaliser.
+
+    result = evaluate("data/eval.jsonl.gz", "eval/round2", model="runs/round2")
+    result = evaluate("data/eval.jsonl.gz", "eval/vllm", hypotheses="vllm.jsonl")
+
+Outputs in DIR:
+    predictions.jsonl   per utterance: id, domain, reference, hypothesis, both normalised, word and character
+                        substitutions / deletions / insertions and reference lengths
+    summary.json        per domain and overall (micro over words, macro over domains): WER and CER with 95 %
+                        bootstrap intervals (utterances resampled, seeded), counts, the model and throughput
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from caspi.data.cuts import cut_domain, cut_text, read_manifest
+from caspi.data.text import NORMALISERS
+from caspi.errors import DataError
+from caspi.eval.stats import UtteranceCounts, resampled_rates, bootstrap_ci, rate, utterance_counts
+
+PREDICTIONS, SUMMARY = "predictions.jsonl", "summary.json"
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    summary: dict
+
+
+def evaluate(manifest: str | Path, out_dir: str | Path, *, model: str | None = None, hypotheses: str | None = None,
+             normaliser: str = "scoring", batch_size: int = 8, max_new_tokens: int = 256, num_beams: int = 1,
+             resamples: int = 1000, seed: int = 0, progress: bool = True) -> EvalResult:
+    """Score `model` (a Caspi run or checkpoint, an exported folder or a hub id) or a `hypotheses` JSONL file
+    (`id` — or the audio file's stem — and `hypothesis` per line) on `manifest`; write predictions and summary."""
+    if (model is None) == (hypotheses is None):
+        raise DataError("evaluate: give either a model or a hypotheses file, not both or neither")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cuts = sorted(read_manifest(manifest), key=lambda c: c.id)
+    if not cuts:
+        raise DataError(f"{manifest}: the manifest holds no cuts")
+    refs = [cut_text(c) for c in cuts]
+    domains = [cut_domain(c) for c in cuts]
+    info: dict = {"manifest": str(manifest), "normaliser": normaliser}
+    if model is not None:
+        hyps, info["decoding"] = _transcribe(model, cuts, batch_size, max_new_tokens, num_beams, progress)
+        info["model"] = str(model)
+    else:
+        hyps, info["hypotheses_file"] = _read_hypotheses(Path(hypotheses), cuts), str(hypotheses)
+    counts = utterance_counts(refs, hyps, normaliser)
+    _write_predictions(out_dir / PREDICTIONS, cuts, domains, refs, hyps, counts, normaliser)
+    summary = summarise(counts, domains, resamples=resamples, seed=seed)
+    summary.update(info, empty_hypotheses=sum(not h.strip() for h in hyps))
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    return EvalResult(out_dir, summary)
+
+
+def _transcribe(spec: str, cuts: list, batch_size: int, max_new_tokens: int, num_beams: int,
+                progress: bool) -> tuple[list[str], dict]:
+    """Hypotheses in the order of `cuts`, decoded in duration-sorted batches (little padding); throughput."""
+    import torch
+    from tqdm import tqdm
+
+    from caspi.train.export import load_model
+
+    model, processor, family = load_model(spec)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    order = sorted(range(len(cuts)), key=lambda i: cuts[i].duration)
+    hyps: list[str | None] = [None] * len(cuts)
+    audio_s = 0.0
+    started = time.perf_counter()
+    bar = tqdm(total=len(cuts), desc="eval", unit="clip", disable=not progress, file=sys.stderr)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        clips = [_load(cuts[i]) for i in rows]
+        audio_s += sum(len(c) for c in clips) / 16000
+        out = family.decode(model, processor, clips, max_new_tokens=max_new_tokens, batch_size=len(clips),
+                            num_beams=num_beams)
+        for i, h in zip(rows, out):
+            hyps[i] = h
+        bar.update(len(rows))
+    bar.close()
+    seconds = time.perf_counter() - started
+    decoding = {"device": str(device), "batch_size": batch_size, "num_beams": num_beams, "seconds": seconds,
+                "clips_per_s": len(cuts) / seconds, "real_time_factor": seconds / audio_s if audio_s else None}
+    print(f"decoded {len(cuts)} clips ({audio_s / 60:.1f} min of audio) in {seconds:.1f} s: "
+          f"{len(cuts) / seconds:.1f} clips/s, real-time factor {decoding['real_time_factor']:.3f}", file=sys.stderr)
+    return [h or "" for h in hyps], decoding
+
+
+def _load(cut) -> np.ndarray:
+    from caspi.data.audio import SAMPLE_RATE
+    from caspi.errors import AudioError
+
+    try:
+        if cut.sampling_rate != SAMPLE_RATE:
+            cut = cut.resample(SAMPLE_RATE)
+        return cut.load_audio().mean(axis=0).astype(np.float32)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: name the cut
+        raise AudioError(f"cut {cut.id}: cannot load its audio for evaluation ({type(exc).__name__}: {exc})") from None
+
+
+def _read_hypotheses(path: Path, cuts: list) -> list[str]:
+    """Hypotheses for every cut from JSONL (`id` or the audio file stem, `hypothesis`); every mismatch is an
+    error that says how many and which."""
+    if not path.is_file():
+        raise DataError(f"{path}: hypotheses file not found")
+    by_key: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            key, hyp = str(record["id"]), record["hypothesis"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}:{number}: expected a JSON object with `id` and `hypothesis` ({exc})") from None
+        if not isinstance(hyp, str):
+            raise DataError(f"{path}:{number}: `hypothesis` must be a string, got {type(hyp).__name__}")
+        if key in by_key:
+            raise DataError(f"{path}:{number}: id {key!r} appears twice")
+        by_key[key] = hyp
+    hyps, missing, used = [], [], set()
+    for cut in cuts:
+        stem = Path(str(cut.recording.sources[0].source)).stem if cut.recording is not None else None
+        key = cut.id if cut.id in by_key else stem if stem in by_key else None
+        if key is None:
+            missing.append(cut.id)
+            hyps.append("")
+        else:
+            used.add(key)
+            hyps.append(by_key[key])
+    if missing:
+        raise DataError(f"{path}: no hypothesis for {len(missing)} of {len(cuts)} manifest utterances (e.g. "
+                        f"{', '.join(missing[:3])}); ids must match the manifest's cut ids or audio file stems")
+    extra = sorted(set(by_key) - used)
+    if extra:
+        raise DataError(f"{path}: {len(extra)} hypotheses match no utterance of the manifest (e.g. "
+                        f"{', '.join(extra[:3])})")
+    return hyps
+
+
+def _write_predictions(path: Path, cuts, domains, refs, hyps, counts: UtteranceCounts, normaliser: str) -> None:
+    norm = NORMALISERS[normaliser]
+    with open(path, "w", encoding="utf-8") as f:
+        for i, cut in enumerate(cuts):
+            record = {
+                "id": cut.id, "domain": domains[i], "reference": refs[i], "hypothesis": hyps[i],
+                "reference_normalised": norm(refs[i]), "hypothesis_normalised": norm(hyps[i]),
+                "word_substitutions": int(counts.word_sub[i]), "word_deletions": int(counts.word_del[i]),
+                "word_insertions": int(counts.word_ins[i]), "ref_words": int(counts.ref_words[i]),
+                "char_substitutions": int(counts.char_sub[i]), "char_deletions": int(counts.char_del[i]),
+                "char_insertions": int(counts.char_ins[i]), "ref_chars": int(counts.ref_chars[i]),
+            }
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_predictions(folder: str | Path) -> tuple[list[dict], UtteranceCounts]:
+    """The records of an eval folder's predictions.jsonl and their counts as arrays."""
+    path = Path(folder) / PREDICTIONS
+    if not path.is_file():
+        raise DataError(f"{folder}: not a `caspi eval` output folder (no {PREDICTIONS})")
+    records = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    keys = ("word_substitutions", "word_deletions", "word_insertions", "ref_words", "char_substitutions",
+            "char_deletions", "char_insertions", "ref_chars")
+    arrays = [np.array([r[k] for r in records], dtype=np.int64) for k in keys]
+    return records, UtteranceCounts(*arrays)
+
+
+def summarise(counts: UtteranceCounts, domains: list[str], resamples: int = 1000, seed: int = 0) -> dict:
+    """WER/CER with bootstrap intervals per domain, overall micro (pooled words) and macro (mean of domains)."""
+    names = sorted(set(domains))
+    d = np.asarray(domains)
+    out: dict = {"domains": {}, "resamples": resamples, "seed": seed}
+    macro = {"wer": [], "cer": []}
+    for name in names:
+        rows = d == name
+        entry = {"utterances": int(rows.sum())}
+        for metric, errors, refs in (("wer", counts.word_errors, counts.ref_words),
+                                     ("cer", counts.char_errors, counts.ref_chars)):
+            entry[metric] = rate(errors[rows], refs[rows])
+            entry[f"{metric}_ci95"] = list(bootstrap_ci(errors[rows], refs[rows], resamples, seed))
+            macro[metric].append(resampled_rates(errors[rows], refs[rows], resamples, seed))
+        entry["ref_words"], entry["ref_chars"] = int(counts.ref_words[rows].sum()), int(counts.ref_chars[rows].sum())
+        out["domains"][name] = entry
+    overall = {"utterances": len(domains), "ref_words": int(counts.ref_words.sum()),
+               "ref_chars": int(counts.ref_chars.sum())}
+    for metric, errors, refs in (("wer", counts.word_errors, counts.ref_words),
+                                 ("cer", counts.char_errors, counts.ref_chars)):
+        overall[metric] = rate(errors, refs)  # micro: pooled over every word of every domain
+        overall[f"{metric}_ci95"] = list(bootstrap_ci(errors, refs, resamples, seed))
+        # macro: the mean of the domains' rates (as the seeds report), resampled within each domain
+        overall[f"{metric}_macro"] = float(np.mean([out["domains"][n][metric] for n in names]))
+        stacked = np.nanmean(np.vstack(macro[metric]), axis=0)
+        overall[f"{metric}_macro_ci95"] = [float(x) for x in np.nanquantile(stacked, [0.025, 0.975])]
+    out["overall"] = overall
+    return out
+
+
+def render_table(summary: dict) -> str:
+    lines = [f"{'domain':<16} {'utts':>6} {'WER':>7} {'95% CI':>17} {'CER':>7} {'95% CI':>17}"]
+
+    def row(name, e, wer_key="wer", cer_key="cer"):
+        w_lo, w_hi = e[f"{wer_key}_ci95"]
+        c_lo, c_hi = e[f"{cer_key}_ci95"]
+        return (f"{name:<16} {e['utterances']:>6} {e[wer_key]:>7.3f} {f'{w_lo:.3f}–{w_hi:.3f}':>17} "
+                f"{e[cer_key]:>7.3f} {f'{c_lo:.3f}–{c_hi:.3f}':>17}")
+
+    for name, e in summary["domains"].items():
+        lines.append(row(name, e))
+    o = summary["overall"]
+    lines.append(row("overall (micro)", o))
+    lines.append(row("overall (macro)", o, "wer_macro", "cer_macro"))
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""Per-utterance error counts and the statistics on top of them: bootstrap confidence intervals of WER/CER, a paired
+bootstrap test between two systems, and Benjamini–Hochberg correction across domains.
+
+Everything works on count arrays, so a resample is a weighted sum, not a re-alignment:
+
+    counts = utterance_counts(refs, hyps, "scoring")        # UtteranceCounts: errors and reference lengths
+    lo, hi = bootstrap_ci(counts.word_errors, counts.ref_words, resamples=1000, seed=0)
+    diff = paired_bootstrap(a.word_errors, b.word_errors, a.ref_words, resamples=1000, seed=0)
+
+Bootstrap over utterances (Bisani & Ney 2004): each resample draws n utterances with replacement and recomputes the
+corpus rate Σ errors / Σ reference length. Resamples are drawn as a (R, n) matrix of multinomial counts in blocks,
+so 10,000 utterances × 1,000 resamples take well under a second (benchmarks/bench_scoring.py). The interval is the
+percentile interval (2.5 %, 97.5 %), which stays inside the range a rate can take, unlike the normal approximation
+some tools report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jiwer
+import numpy as np
+
+from caspi.data.text import NORMALISERS
+from caspi.errors import ConfigError, DataError
+
+BLOCK = 200  # resamples drawn at once: a (BLOCK, n) weight matrix bounds memory for large n
+
+
+@dataclass
+class UtteranceCounts:
+    """Per-utterance counts (arrays of length n), after normalisation."""
+
+    word_sub: np.ndarray
+    word_del: np.ndarray
+    word_ins: np.ndarray
+    ref_words: np.ndarray
+    char_sub: np.ndarray
+    char_del: np.ndarray
+    char_ins: np.ndarray
+    ref_chars: np.ndarray
+
+    @property
+    def word_errors(self) -> np.ndarray:
+        return self.word_sub + self.word_del + self.word_ins
+
+    @property
+    def char_errors(self) -> np.ndarray:
+        return self.char_sub + self.char_del + self.char_ins
+
+
+def _per_utterance(output, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(substitutions, deletions, insertions, reference length) per utterance from a jiwer output's alignments."""
+    sub, dele, ins, ref = (np.zeros(n, dtype=np.int64) for _ in range(4))
+    for i, chunks in enumerate(output.alignments):
+        for c in chunks:
+            span = c.ref_end_idx - c.ref_start_idx
+            if c.type == "substitute":
+                sub[i] += span
+            elif c.type == "delete":
+                dele[i] += span
+            elif c.type == "insert":
+                ins[i] += c.hyp_end_idx - c.hyp_start_idx
+            if c.type != "insert":
+                ref[i] += span
+    return sub, dele, ins, ref
+
+
+def utterance_counts(refs: Sequence[str], hyps: Sequence[str], normaliser: str = "scoring") -> UtteranceCounts:
+    """Word and character errors of each (reference, hypothesis) pair after normalisation, with jiwer's alignment.
+
+    A reference that normalises to nothing has length 0 and counts every hypothesis word/character as an
+    insertion (jiwer refuses empty references; REFERENCE.md "Evaluation conventions")."""
+    if normaliser not in NORMALISERS:
+        raise ConfigError(f"unknown normaliser {normaliser!r}; known: {', '.join(NORMALISERS)}")
+    if len(refs) != len(hyps):
+        raise DataError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    norm = NORMALISERS[normaliser]
+    r = [norm(x) for x in refs]
+    h = [norm(x) for x in hyps]
+    n = len(r)
+    words = [np.zeros(n, dtype=np.int64) for _ in range(4)]
+    chars = [np.zeros(n, dtype=np.int64) for _ in range(4)]
+    scored = [i for i in range(n) if r[i]]
+    if scored:
+        w = _per_utterance(jiwer.process_words([r[i] for i in scored], [h[i] for i in scored]), len(scored))
+        c = _per_utterance(jiwer.process_characters([r[i] for i in scored], [h[i] for i in scored]), len(scored))
+        for target, source in ((words, w), (chars, c)):
+            for k in range(4):
+                target[k][scored] = source[k]
+    for i in range(n):
+        if not r[i]:
+            words[2][i] = len(h[i].split())
+            chars[2][i] = len(h[i])
+    return UtteranceCounts(*words, *chars)
+
+
+def rate(errors: np.ndarray, refs: np.ndarray) -> float:
+    total = float(np.sum(refs))
+    return float(np.sum(errors)) / total if total > 0 else float("nan")
+
+
+def resampled_rates(errors: np.ndarray, refs: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """(resamples,) corpus rates, each over n utterances drawn with replacement (as multinomial weights)."""
+    errors = np.asarray(errors, dtype=np.float64)
+    refs = np.asarray(refs, dtype=np.float64)
+    n = errors.size
+    if n == 0:
+        raise DataError("bootstrap over zero utterances")
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples)
+    uniform = np.full(n, 1.0 / n)
+    for start in range(0, resamples, BLOCK):
+        k = min(BLOCK, resamples - start)
+        weights = rng.multinomial(n, uniform, size=k).astype(np.float64)  # (k, n) draws per utterance
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:start + k] = (weights @ errors) / (weights @ refs)
+    return out
+
+
+def bootstrap_ci(errors, refs, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the corpus rate Σ errors / Σ refs, resampling utterances."""
+    rates = resampled_rates(errors, refs, resamples, seed)
+    alpha = (1 - level) / 2
+    lo, hi = np.nanquantile(rates, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    rate_a: float
+    rate_b: float
+    difference: float  # rate_b - rate_a (negative: B is better)
+    ci: tuple[float, float]
+    p_value: float  # two-sided, paired bootstrap
+    resamples: int
+
+
+def paired_bootstrap(errors_a, errors_b, refs, resamples: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> PairedResult:
+    """Paired bootstrap of the difference of corpus rates between systems A and B on the same utterances.
+
+    Each resample draws the same utterances for both systems. The p-value is two-sided, from the bootstrap
+    distribution shifted to the null hypothesis (mean difference 0): the share of shifted resampled differences at
+    least as far from 0 as the observed one, with +1 smoothing so it is never exactly 0 (Koehn 2004's paired
+    bootstrap, two-sided); 1.0 for identical systems."""
+    errors_a = np.asarray(errors_a, dtype=np.float64)
+    errors_b = np.asarray(errors_b, dtype=np.float64)
+    refs = np.asarray(refs, dtype=np.float64)
+    if not (errors_a.shape == errors_b.shape == refs.shape):
+        raise DataError(f"paired_bootstrap: arrays of different lengths ({errors_a.size}, {errors_b.size}, "
+                        f"{refs.size}); both systems must be scored on the same utterances")
+    diffs = resampled_rates(errors_b - errors_a, refs, resamples, seed)
+    observed = rate(errors_b, refs) - rate(errors_a, refs)
+    alpha = (1 - level) / 2
+    lo, hi = np.nanquantile(diffs, [alpha, 1 - alpha])
+    if np.all(errors_a == errors_b):
+        p = 1.0
+    else:
+        # Shift the bootstrap distribution to the null (mean 0) and ask how often it is as extreme as observed.
+        centred = diffs - np.nanmean(diffs)
+        extreme = np.sum(np.abs(centred) >= abs(observed))
+        p = min(1.0, (extreme + 1) / (resamples + 1))
+    return PairedResult(rate(errors_a, refs), rate(errors_b, refs), observed, (float(lo), float(hi)), float(p),
+                        resamples)
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
+    """Benjamini–Hochberg adjusted p-values (false discovery rate), in the input order."""
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    if m == 0:
+        return []
+    order = np.argsort(p)
+    ranked = p[order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out.tolist()

@@ -1,0 +1,128 @@
+"""`caspi eval` on hypotheses files and on a tiny model, and `caspi compare` between two eval folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import jiwer
+import numpy as np
+import pytest
+from lhotse import CutSet
+
+from caspi.cli import main
+from caspi.data.cuts import make_cut, write_manifest
+from caspi.data.text import for_scoring
+from caspi.errors import DataError
+from caspi.eval.evaluate import evaluate
+
+SENTENCES = ["שלום עולם יפה", "הילד הולך לבית הספר", "מחר נלך לים", "אני אוהב לקרוא ספרים", "הגשם יורד בחוץ"]
+
+
+def manifest(tmp_path, n=40):
+    cuts = []
+    for i in range(n):
+        domain = ("studio", "whatsapp")[i % 2]
+        cuts.append(make_cut(f"utt-{i:03d}", tmp_path / f"audio/clip{i:03d}.flac", 32000, SENTENCES[i % 5],
+                             domain=domain))
+    return write_manifest(CutSet.from_cuts(cuts), tmp_path / "eval.jsonl.gz")
+
+
+def write_hyps(path, hyps: dict[str, str]):
+    path.write_text("".join(json.dumps({"id": k, "hypothesis": v}, ensure_ascii=False) + "\n" for k, v in hyps.items()))
+    return path
+
+
+def corrupt(text: str, rng, rate: float) -> str:
+    words = text.split()
+    return " ".join(w if rng.random() > rate else "טעות" for w in words)
+
+
+def test_eval_of_a_hypotheses_file_matches_jiwer_per_domain(tmp_path, capsys):
+    m = manifest(tmp_path)
+    rng = np.random.default_rng(0)
+    refs = {f"utt-{i:03d}": SENTENCES[i % 5] for i in range(40)}
+    hyps = {k: corrupt(v, rng, 0.3) for k, v in refs.items()}
+    hyps["utt-003"] = ""  # an empty hypothesis: all deletions, counted
+    keyed = {("clip001" if k == "utt-001" else k): v for k, v in hyps.items()}  # one keyed by the audio file stem
+    assert main(["eval", "--hypotheses", str(write_hyps(tmp_path / "h.jsonl", keyed)), "--manifest", str(m),
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "overall (micro)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for domain, parity in (("studio", 0), ("whatsapp", 1)):
+        ids = [k for i, k in enumerate(refs) if i % 2 == parity]
+        expected = jiwer.wer([for_scoring(refs[k]) for k in ids], [for_scoring(hyps[k]) for k in ids])
+        assert summary["domains"][domain]["wer"] == pytest.approx(expected)
+        lo, hi = summary["domains"][domain]["wer_ci95"]
+        assert lo <= summary["domains"][domain]["wer"] <= hi
+    overall = summary["overall"]
+    assert overall["wer"] == pytest.approx(jiwer.wer([for_scoring(refs[k]) for k in refs],
+                                                     [for_scoring(hyps[k]) for k in refs]))
+    domain_wers = [summary["domains"][d]["wer"] for d in ("studio", "whatsapp")]
+    assert overall["wer_macro"] == pytest.approx(np.mean(domain_wers))
+    assert summary["empty_hypotheses"] == 1
+    record = json.loads((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[3])
+    assert record["id"] == "utt-003" and record["word_deletions"] == record["ref_words"] > 0
+
+
+def test_mismatched_hypotheses_are_errors_with_counts(tmp_path):
+    m = manifest(tmp_path, n=6)
+    hyps = {f"utt-{i:03d}": "x" for i in range(4)}
+    with pytest.raises(DataError, match="no hypothesis for 2 of 6"):
+        evaluate(m, tmp_path / "o", hypotheses=str(write_hyps(tmp_path / "a.jsonl", hyps)), progress=False)
+    hyps = {f"utt-{i:03d}": "x" for i in range(6)} | {"other": "y"}
+    with pytest.raises(DataError, match="1 hypotheses match no utterance"):
+        evaluate(m, tmp_path / "o", hypotheses=str(write_hyps(tmp_path / "b.jsonl", hyps)), progress=False)
+
+
+def test_compare_finds_a_planted_improvement_and_fails_if_worse(tmp_path, capsys):
+    m = manifest(tmp_path, n=200)
+    rng = np.random.default_rng(1)
+    refs = {f"utt-{i:03d}": SENTENCES[i % 5] for i in range(200)}
+    bad = {k: corrupt(v, rng, 0.5) for k, v in refs.items()}
+    good = {k: corrupt(v, rng, 0.05) for k, v in refs.items()}
+    for name, hyps in (("bad", bad), ("good", good), ("bad2", bad)):
+        evaluate(m, tmp_path / name, hypotheses=str(write_hyps(tmp_path / f"{name}.jsonl", hyps)), progress=False)
+    assert main(["compare", str(tmp_path / "bad"), str(tmp_path / "good"), "--out", str(tmp_path / "cmp"),
+                 "--names", "round 1", "round 2", "--fail-if-worse"]) == 0
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["rows"]
+    assert [r["verdict"] for r in rows] == ["better"] * 3 and all(r["p_adjusted"] < 0.01 for r in rows)
+    table = list(csv.reader((tmp_path / "cmp" / "comparison.csv").open()))
+    assert table[0][:4] == ["dataset", "round 1 WER", "round 2 WER", "improvement (points)"]
+    assert [row[0] for row in table[1:]] == ["studio", "whatsapp", "overall"] and float(table[-1][3]) > 20
+    assert "| overall |" in (tmp_path / "cmp" / "comparison.md").read_text()
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 10_000
+    # B worse than A: exit 1 with --fail-if-worse; identical systems: p = 1, no difference.
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "good"), str(tmp_path / "bad"), "--out", str(tmp_path / "c2"),
+                 "--fail-if-worse"]) == 1
+    assert "significantly worse on studio, whatsapp, overall" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "bad"), str(tmp_path / "bad2"), "--out", str(tmp_path / "c3")]) == 0
+    rows = json.loads((tmp_path / "c3" / "comparison.json").read_text())["rows"]
+    assert all(r["p_value"] == 1.0 and r["verdict"] == "no significant difference" for r in rows)
+
+
+def test_compare_refuses_folders_of_different_utterances(tmp_path, capsys):
+    for name, n in (("a", 10), ("b", 8)):
+        folder = tmp_path / f"m{name}"
+        folder.mkdir()
+        hyps = write_hyps(tmp_path / f"{name}.jsonl", {f"utt-{i:03d}": "x" for i in range(n)})
+        evaluate(manifest(folder, n=n), tmp_path / name, hypotheses=str(hyps), progress=False)
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 1
+    assert "2 only in A" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+def test_eval_of_a_model_folder_decodes_every_clip(tmp_path):
+    from caspi.data import synth
+    from caspi.models.families import get_family
+
+    synth.synthesize(tmp_path / "c", 0, 6, seed=0, progress=False, min_words=2, max_words=3)
+    model, processor = get_family("qwen3_asr").tiny(SENTENCES, seed=0, size="xs")
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    result = evaluate(tmp_path / "c" / "eval.jsonl.gz", tmp_path / "out", model=str(tmp_path / "model"),
+                      max_new_tokens=4, batch_size=4, resamples=50, progress=False)
+    assert result.summary["overall"]["utterances"] == 6 and result.summary["decoding"]["clips_per_s"] > 0
+    assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == 6

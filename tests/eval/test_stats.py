@@ -1,0 +1,303 @@
+"""Per-utterance counts against jiwer, bootstrap intervals against a slow reference loop, the paired test's
+p-values, and Benjamini–Hochberg against a textbook example."""
+
+import math
+import statistics
+
+import jiwer
+import numpy as np
+import pytest
+
+from caspi.data.text import NORMALISERS
+from caspi.errors import ConfigError, DataError
+from caspi.eval.stats import (
+    PairedResult,
+    benjamini_hochberg,
+    bootstrap_ci,
+    paired_bootstrap,
+    rate,
+    utterance_counts,
+)
+
+# (reference, hypothesis) as a model would meet them: niqqud and punctuation in the reference only.
+PAIRS = [
+    ("שָׁלוֹם עוֹלָם", "שלום עולם"),  # niqqud only: no error after normalisation
+    ("הַיּוֹם, בַּבֹּקֶר, יָרַד גֶּשֶׁם!", "היום בבוקר ירד גשם"),  # defective vs plene spelling: 1 substitution
+    ("צה״ל הודיע על תרגיל.", "צהל הודיע תרגיל גדול"),  # gershayim (leaderboard splits it), deletion + insertion
+    ("שלום", "שלום לכולם חברים"),  # insertions only
+    ("אני הולך הביתה עכשיו", "אני הולך"),  # deletions only
+    ("?!", "מה קורה"),  # reference normalises to nothing: every hypothesis word is an insertion
+    ("בוקר טוב", ""),  # empty hypothesis
+    ("...", ""),  # both empty: no error, no length
+    ('המחיר 3.5 ש"ח', "המחיר שלוש וחצי שקל"),  # decimal point (kept by scoring, split by leaderboard)
+]
+REFS = [r for r, _ in PAIRS]
+HYPS = [h for _, h in PAIRS]
+
+
+# --- utterance_counts ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("normaliser", ["scoring", "leaderboard"])
+def test_corpus_totals_equal_jiwer(normaliser):
+    norm = NORMALISERS[normaliser]
+    r, h = [norm(x) for x in REFS], [norm(x) for x in HYPS]
+    counts = utterance_counts(REFS, HYPS, normaliser)
+
+    words = jiwer.process_words(r, h)
+    assert counts.word_sub.sum() == words.substitutions
+    assert counts.word_del.sum() == words.deletions
+    assert counts.word_ins.sum() == words.insertions
+    assert counts.ref_words.sum() == words.hits + words.substitutions + words.deletions
+    assert rate(counts.word_errors, counts.ref_words) == pytest.approx(jiwer.wer(r, h), rel=1e-12)
+
+    chars = jiwer.process_characters(r, h)
+    assert counts.char_sub.sum() == chars.substitutions
+    assert counts.char_del.sum() == chars.deletions
+    assert counts.char_ins.sum() == chars.insertions
+    assert counts.ref_chars.sum() == chars.hits + chars.substitutions + chars.deletions
+    assert rate(counts.char_errors, counts.ref_chars) == pytest.approx(jiwer.cer(r, h), rel=1e-12)
+
+
+@pytest.mark.parametrize("normaliser", ["scoring", "leaderboard"])
+def test_per_utterance_counts_equal_jiwer_pair_by_pair(normaliser):
+    norm = NORMALISERS[normaliser]
+    counts = utterance_counts(REFS, HYPS, normaliser)
+    for i, (ref, hyp) in enumerate(PAIRS):
+        w = jiwer.process_words(norm(ref), norm(hyp))
+        c = jiwer.process_characters(norm(ref), norm(hyp))
+        got = (counts.word_sub[i], counts.word_del[i], counts.word_ins[i], counts.ref_words[i],
+               counts.char_sub[i], counts.char_del[i], counts.char_ins[i], counts.ref_chars[i])
+        want = (w.substitutions, w.deletions, w.insertions, w.hits + w.substitutions + w.deletions,
+                c.substitutions, c.deletions, c.insertions, c.hits + c.substitutions + c.deletions)
+        assert got == want, f"pair {i}: {ref!r} / {hyp!r}"
+
+
+def test_hand_counted_pairs():
+    c = utterance_counts(REFS, HYPS, "scoring")
+    # niqqud only
+    assert (c.word_errors[0], c.ref_words[0], c.char_errors[0], c.ref_chars[0]) == (0, 2, 0, 9)
+    # "שלום" → "שלום לכולם חברים": 2 inserted words; 12 inserted characters (" לכולם חברים", spaces count)
+    assert (c.word_sub[3], c.word_del[3], c.word_ins[3], c.ref_words[3]) == (0, 0, 2, 1)
+    assert (c.char_ins[3], c.ref_chars[3]) == (12, 4)
+    # deletions only: "הביתה עכשיו" gone
+    assert (c.word_sub[4], c.word_del[4], c.word_ins[4], c.ref_words[4]) == (0, 2, 0, 4)
+    # "?!" normalises to "": length 0, "מה קורה" = 2 word and 7 character insertions
+    assert (c.word_sub[5], c.word_del[5], c.word_ins[5], c.ref_words[5]) == (0, 0, 2, 0)
+    assert (c.char_sub[5], c.char_del[5], c.char_ins[5], c.ref_chars[5]) == (0, 0, 7, 0)
+    # empty hypothesis: everything deleted
+    assert (c.word_del[6], c.ref_words[6], c.char_del[6], c.ref_chars[6]) == (2, 2, 8, 8)
+    # both empty: nothing at all
+    assert c.word_errors[7] == c.ref_words[7] == c.char_errors[7] == c.ref_chars[7] == 0
+
+
+def test_a_resample_is_a_weighted_sum_of_counts():
+    # The vectorised bootstrap never re-aligns: a resample with replacement is the count vector weighted by how often
+    # each utterance was drawn. Check that this equals jiwer re-run on the resampled lists.
+    norm = NORMALISERS["scoring"]
+    r, h = [norm(x) for x in REFS], [norm(x) for x in HYPS]
+    counts = utterance_counts(REFS, HYPS, "scoring")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        idx = rng.integers(0, len(PAIRS), len(PAIRS))
+        weights = np.bincount(idx, minlength=len(PAIRS))  # (n,) times each utterance was drawn
+        resampled_r, resampled_h = [r[i] for i in idx], [h[i] for i in idx]
+        if not any(resampled_r):
+            continue  # jiwer's rate of all-empty references is an insertion count, not a rate
+        wer = (weights @ counts.word_errors) / (weights @ counts.ref_words)
+        cer = (weights @ counts.char_errors) / (weights @ counts.ref_chars)
+        assert wer == pytest.approx(jiwer.wer(resampled_r, resampled_h), rel=1e-12)
+        assert cer == pytest.approx(jiwer.cer(resampled_r, resampled_h), rel=1e-12)
+
+
+def test_utterance_counts_rejects_bad_input():
+    with pytest.raises(DataError):
+        utterance_counts(["א", "ב"], ["א"])
+    with pytest.raises(ConfigError):
+        utterance_counts(["א"], ["א"], normaliser="nope")
+
+
+def test_rate_of_nothing_is_nan():
+    assert math.isnan(rate(np.array([3]), np.array([0])))
+
+
+# --- bootstrap_ci -------------------------------------------------------------------------------------------------
+
+
+def _case(n: int = 300, wer: float = 0.2, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    refs = rng.integers(4, 25, n)  # words per utterance
+    errors = rng.binomial(refs, wer)
+    return errors, refs
+
+
+def _reference_rates(errors, refs, resamples: int, seed: int) -> np.ndarray:
+    """The textbook bootstrap, one resample at a time: draw n utterance indices with replacement, recompute Σe/Σr."""
+    rng = np.random.default_rng(seed)
+    n = len(errors)
+    out = np.empty(resamples)
+    for b in range(resamples):
+        idx = rng.integers(0, n, n)
+        out[b] = errors[idx].sum() / refs[idx].sum()
+    return out
+
+
+@pytest.mark.parametrize("level", [0.5, 0.9, 0.95])
+def test_bootstrap_ci_matches_reference_loop_in_distribution(level):
+    errors, refs = _case()
+    resamples = 20_000
+    slow = _reference_rates(errors, refs, resamples, seed=123)
+    alpha = (1 - level) / 2
+    slow_lo, slow_hi = np.quantile(slow, [alpha, 1 - alpha])
+    lo, hi = bootstrap_ci(errors, refs, resamples=resamples, seed=7, level=level)
+
+    # Two independent Monte-Carlo estimates of the same quantile. An empirical p-quantile of R draws has standard
+    # error sqrt(p(1-p)/R) / f(q_p); with the bootstrap distribution ~ Normal(., σ), f(q_p) = φ(z_p) / σ. For this
+    # case (WER 0.194 on 4,286 words, σ ≈ 0.0065) at p = 0.025 that is 1.2e-4 per estimate, 1.7e-4 for the
+    # difference, so tol = 5 × 1.7e-4 = 8.6e-4 (observed: 2.6e-4 and 0.4e-4), well inside the 0.01 one would
+    # accept as "the same interval". An interval from n/2 draws per resample (√2 too wide) fails by ~0.01.
+    sigma = slow.std()
+    z = statistics.NormalDist().inv_cdf(alpha)
+    density = math.exp(-z * z / 2) / math.sqrt(2 * math.pi) / sigma
+    tol = 5 * math.sqrt(2) * math.sqrt(alpha * (1 - alpha) / resamples) / density
+    assert tol < 0.01
+    assert abs(lo - slow_lo) < tol
+    assert abs(hi - slow_hi) < tol
+
+
+def test_bootstrap_ci_degenerate_case_collapses():
+    # Every utterance has rate exactly 0.2 (2k errors in 10k words), so every resample's Σe/Σr is 0.2.
+    k = np.array([1, 2, 3, 5, 8, 13])
+    lo, hi = bootstrap_ci(2 * k, 10 * k, resamples=500, seed=0)
+    assert lo == pytest.approx(0.2, abs=1e-12)
+    assert hi == pytest.approx(0.2, abs=1e-12)
+    assert bootstrap_ci(np.zeros(4), np.full(4, 7), resamples=100, seed=0) == (0.0, 0.0)
+
+
+def test_bootstrap_ci_is_deterministic_by_seed():
+    errors, refs = _case()
+    assert bootstrap_ci(errors, refs, resamples=1000, seed=3) == bootstrap_ci(errors, refs, resamples=1000, seed=3)
+    assert bootstrap_ci(errors, refs, resamples=1000, seed=3) != bootstrap_ci(errors, refs, resamples=1000, seed=4)
+
+
+@pytest.mark.parametrize("resamples", [1000, 450])  # 450: the last block of resamples is partial
+def test_bootstrap_ci_contains_point_estimate(resamples):
+    errors, refs = _case()
+    lo, hi = bootstrap_ci(errors, refs, resamples=resamples, seed=0)
+    point = rate(errors, refs)
+    assert lo < point < hi
+    assert 0.15 < lo and hi < 0.25  # WER 0.194 on 4,286 words: the interval is about ±0.0125
+
+
+def test_bootstrap_ci_rejects_zero_utterances():
+    with pytest.raises(DataError):
+        bootstrap_ci(np.array([]), np.array([]), resamples=10)
+
+
+# --- paired_bootstrap ---------------------------------------------------------------------------------------------
+
+
+def test_paired_identical_systems():
+    errors, refs = _case(n=200)
+    res = paired_bootstrap(errors, errors.copy(), refs, resamples=1000, seed=0)
+    assert isinstance(res, PairedResult)
+    assert res.p_value == 1.0
+    assert res.difference == 0.0
+    assert res.ci == (0.0, 0.0)
+    assert res.rate_a == res.rate_b == rate(errors, refs)
+
+
+def test_paired_large_difference_is_significant_with_the_right_sign():
+    rng = np.random.default_rng(5)
+    refs = np.full(200, 10)
+    a = rng.binomial(refs, 0.3)  # WER ~0.30
+    b = rng.binomial(refs, 0.1)  # WER ~0.10: B far better
+    res = paired_bootstrap(a, b, refs, resamples=1000, seed=0)
+    assert res.difference == pytest.approx(rate(b, refs) - rate(a, refs))
+    assert res.difference < 0
+    assert res.ci[1] < 0  # the whole interval says B is better
+    assert 0 < res.p_value < 0.01
+    assert res.p_value == pytest.approx(1 / 1001)  # no shifted resample reaches it: the +1 floor
+
+    flipped = paired_bootstrap(b, a, refs, resamples=1000, seed=0)
+    assert flipped.difference == pytest.approx(-res.difference)
+    assert flipped.ci[0] > 0
+    assert flipped.p_value == res.p_value
+
+
+def test_paired_tiny_difference_is_not_significant():
+    errors, refs = _case(n=200, seed=2)
+    b = errors.copy()
+    rng = np.random.default_rng(11)
+    idx = rng.choice(200, size=9, replace=False)
+    b[idx[:5]] += 1  # B: 5 errors more and 4 fewer on 9 of 200 utterances (net +1 of ~570 errors)
+    b[idx[5:]] = np.maximum(b[idx[5:]] - 1, 0)
+    res = paired_bootstrap(errors, b, refs, resamples=1000, seed=0)
+    assert abs(res.difference) < 0.001
+    assert res.ci[0] < 0 < res.ci[1]
+    assert res.p_value > 0.05  # verified: 0.67 for seed 0 (0.67–0.77 over seeds 0–4)
+
+
+def test_paired_p_values_are_calibrated_under_the_null():
+    # A and B drawn from the same error process on each of 200 datasets: a two-sided test at 0.05 should reject
+    # ~5 % of them (Binomial(200, 0.05): 10 ± 3.1) and p < 0.5 should hold for ~half (100 ± 7.1). Bounds are
+    # ~3 standard deviations (this seed: 11 and 89). A missing null shift (nothing rejected) or a doubled p
+    # (~10 % rejected) falls outside them; a one-sided p would not, and is caught by the sign test above.
+    rng = np.random.default_rng(0)
+    p = []
+    for i in range(200):
+        refs = rng.integers(4, 25, 200)
+        a, b = rng.binomial(refs, 0.2), rng.binomial(refs, 0.2)
+        p.append(paired_bootstrap(a, b, refs, resamples=500, seed=i).p_value)
+    p = np.array(p)
+    assert 1 <= np.sum(p < 0.05) <= 20
+    assert 78 <= np.sum(p < 0.5) <= 122
+
+
+def test_paired_rejects_mismatched_lengths():
+    with pytest.raises(DataError):
+        paired_bootstrap(np.ones(5), np.ones(4), np.ones(5))
+    with pytest.raises(DataError):
+        paired_bootstrap(np.ones(5), np.ones(5), np.ones(6))
+
+
+# --- benjamini_hochberg -------------------------------------------------------------------------------------------
+
+# Benjamini & Hochberg (1995), section 4: 15 p-values from a clinical trial. Adjusted p_(i) = min over j >= i of
+# p_(j) * m / j, m = 15:
+#   i:        1       2       3       4         5       6       7         8       9       10     11        12
+#   p*15/i:   .0015   .003    .0095   .035625   .0603   .0695   .063857   .0645   .0765   .486   .581182   .714875
+#   i: 13 .753231, 14 .813214, 15 1.0.
+# The running minimum from the top changes only i = 6 (.0695 → .063857, from i = 7). Four are ≤ 0.05: the
+# paper's four rejections at q = 0.05.
+BH_1995 = [0.0001, 0.0004, 0.0019, 0.0095, 0.0201, 0.0278, 0.0298, 0.0344, 0.0459, 0.3240, 0.4262, 0.5719,
+           0.6528, 0.7590, 1.0000]
+BH_1995_ADJUSTED = [0.0015, 0.003, 0.0095, 0.035625, 0.0603, 0.0298 * 15 / 7, 0.0298 * 15 / 7, 0.0645, 0.0765,
+                    0.486, 0.4262 * 15 / 11, 0.714875, 0.6528 * 15 / 13, 0.7590 * 15 / 14, 1.0]
+
+
+def test_benjamini_hochberg_textbook_example():
+    adjusted = benjamini_hochberg(BH_1995)
+    assert adjusted == pytest.approx(BH_1995_ADJUSTED, rel=1e-12)
+    assert sum(a <= 0.05 for a in adjusted) == 4
+
+
+def test_benjamini_hochberg_keeps_input_order():
+    perm = np.random.default_rng(0).permutation(len(BH_1995))
+    adjusted = benjamini_hochberg([BH_1995[i] for i in perm])
+    assert adjusted == pytest.approx([BH_1995_ADJUSTED[i] for i in perm], rel=1e-12)
+    # by hand, m = 4: sorted .005 .01 .03 .04 → ×4/i = .02 .02 .04 .04 (already monotone), back in input order
+    assert benjamini_hochberg([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+
+
+def test_benjamini_hochberg_monotone_and_capped():
+    p = np.random.default_rng(1).uniform(0, 1, 50) ** 3
+    adjusted = np.array(benjamini_hochberg(p))
+    order = np.argsort(p)
+    assert np.all(np.diff(adjusted[order]) >= 0)  # a smaller p never gets a larger adjusted p
+    assert np.all(adjusted >= p)
+    assert np.all(adjusted <= 1.0)
+    # With p ≤ 1 the largest adjusted value is p_(m) itself, so the cap only binds on out-of-range input.
+    assert benjamini_hochberg([0.9, 1.0, 1.0]) == [1.0, 1.0, 1.0]
+    assert benjamini_hochberg([0.02, 0.02, 0.5]) == pytest.approx([0.03, 0.03, 0.5])  # ties share a value
+    assert benjamini_hochberg([]) == []
