@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_audit_speed.py --n 2500
 	$(BIN)/python benchmarks/bench_checkpoint.py
 	$(BIN)/python benchmarks/bench_loop_overhead.py
+	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_learning.py --seeds 0 1
 
 clean-demo:

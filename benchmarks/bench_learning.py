@@ -5,7 +5,8 @@ Target (DESIGN.md, "Training loop"): studio CER ≤ 0.5 within 10 minutes of tra
 An untrained model scores above 2 (it writes junk up to max_new_tokens); one that learned only a text prior sits
 near 0.8 (REFERENCE.md), so the absolute figure is what counts.
 
-    python benchmarks/bench_learning.py --seeds 0 1            # needs data/demo (make demo, or caspi synth)
+    python benchmarks/bench_learning.py data.train_manifest=M --seeds 0 1   # overrides before --seeds; needs
+                                                                              # data/demo (make demo)
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         recipe = load_recipe(args.recipe, [*args.overrides, f"train.seed={seed}"])
+        for manifest in (recipe.data.train_manifest, recipe.data.eval_manifest):
+            if not Path(manifest).is_file():
+                raise SystemExit(f"{manifest} not found: run `make demo` first (it synthesises data/demo)")
         run_dir = Path(args.out) / f"seed-{seed}"
         started = time.perf_counter()
         result = train(recipe, run_dir, progress=False)

@@ -221,8 +221,13 @@ class Qwen3AlignerConfig(_Section):
     """Qwen3-ForcedAligner-0.6B: only for its 11 languages; Hebrew is not one of them."""
 
     enabled: bool = False
-    model: str = "Qwen/Qwen3-ForcedAligner-0.6B"
-    language: str = "Hebrew"
+    # Hub id or local folder in transformers' native layout (`Qwen3ASRForTokenClassification`); the original
+    # `Qwen/Qwen3-ForcedAligner-0.6B` (nested `thinker_config`, for the qwen-asr package) is refused on load.
+    model: str = "Qwen/Qwen3-ForcedAligner-0.6B-hf"
+    revision: str | None = None  # hub revision (commit/tag); None: the default branch
+    language: str = "Hebrew"  # a full name from the aligner's list (e.g. "English"); Hebrew is refused
+    min_coverage: float = Field(0.5, ge=0, le=1)  # share of placed words below this → aligner_low_coverage
+    batch_size: int = Field(8, ge=1)  # clips per forward pass
 
 
 class ScorersConfig(_Section):

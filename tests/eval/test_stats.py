@@ -142,11 +142,20 @@ def _reference_rates(errors, refs, resamples: int, seed: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("level", [0.5, 0.9, 0.95])
-def test_bootstrap_ci_matches_reference_loop_in_distribution(level):
+REFERENCE_RESAMPLES = 20_000
+
+
+@pytest.fixture(scope="module")
+def reference_rates() -> np.ndarray:
     errors, refs = _case()
-    resamples = 20_000
-    slow = _reference_rates(errors, refs, resamples, seed=123)
+    return _reference_rates(errors, refs, REFERENCE_RESAMPLES, seed=123)  # ~0.5 s, shared by the three levels
+
+
+@pytest.mark.parametrize("level", [0.5, 0.9, 0.95])
+def test_bootstrap_ci_matches_reference_loop_in_distribution(level, reference_rates):
+    errors, refs = _case()
+    resamples = REFERENCE_RESAMPLES
+    slow = reference_rates
     alpha = (1 - level) / 2
     slow_lo, slow_hi = np.quantile(slow, [alpha, 1 - alpha])
     lo, hi = bootstrap_ci(errors, refs, resamples=resamples, seed=7, level=level)
@@ -154,8 +163,8 @@ def test_bootstrap_ci_matches_reference_loop_in_distribution(level):
     # Two independent Monte-Carlo estimates of the same quantile. An empirical p-quantile of R draws has standard
     # error sqrt(p(1-p)/R) / f(q_p); with the bootstrap distribution ~ Normal(., σ), f(q_p) = φ(z_p) / σ. For this
     # case (WER 0.194 on 4,286 words, σ ≈ 0.0065) at p = 0.025 that is 1.2e-4 per estimate, 1.7e-4 for the
-    # difference, so tol = 5 × 1.7e-4 = 8.6e-4 (observed: 2.6e-4 and 0.4e-4), well inside the 0.01 one would
-    # accept as "the same interval". An interval from n/2 draws per resample (√2 too wide) fails by ~0.01.
+    # difference, so tol = 5 × 1.7e-4 = 8.6e-4 (observed: 2.6e-4 and 0.4e-4). A flat 0.01 would be too loose: an
+    # interval from n/2 draws per resample (√2 too wide) is off by only 0.005 here, and this tolerance catches it.
     sigma = slow.std()
     z = statistics.NormalDist().inv_cdf(alpha)
     density = math.exp(-z * z / 2) / math.sqrt(2 * math.pi) / sigma

@@ -17,7 +17,8 @@ A sample is low quality when any enabled scorer gives it a reason. What each sco
                                                        forced alignment)
     asr            asr_mismatch                        another utterance's transcript, another language (CER
                                                        against a model's hypothesis)
-    qwen3_aligner  (refuses Hebrew)                    Qwen3-ForcedAligner has no Hebrew
+    qwen3_aligner  aligner_low_coverage                words the aligner cannot place (its 11 languages only;
+                                                       for Hebrew it refuses: it was never trained on it)
 
 Robust statistics: rates are compared with their domain's median and MAD (×1.4826, the normal-consistent scale);
 a domain with fewer than `min_domain_samples` audited samples is compared with the whole set.
@@ -247,12 +248,34 @@ class AsrScorer(Scorer):
 
 
 class Qwen3AlignerScorer(Scorer):
-    """Qwen3-ForcedAligner through transformers' `Qwen3ASRForTokenClassification`, for its 11 languages only."""
+    """Qwen3-ForcedAligner through transformers' `Qwen3ASRForTokenClassification`, for its 11 languages only.
+
+    The aligner reads the clip and the transcript's words (split by transformers' `split_words_for_alignment`) and
+    predicts a start and an end time per word, in 80 ms classes (`processor.timestamp_segment_time`); transformers
+    then forces the times to be non-decreasing. It has no confidence output, so Caspi defines *coverage* itself:
+
+        a word is *placed* when its span has end > start and end <= clip duration + one timestamp segment (80 ms)
+        coverage = placed words / words   (0.0 for a transcript with no alignable words)
+
+    A zero-length span (the aligner stacked the word on its neighbour's time) or a span past the end of the audio
+    means the aligner could not find the word in the clip; many of them mean the audio does not carry the
+    transcript. Per clip, `measure` gives `words`, `aligned_words`, `coverage`, `span_s` (last word's end minus
+    first word's start; 0.0 without words) and `duration_s` (of the audio); `flag` gives `aligner_low_coverage`
+    below `min_coverage`.
+
+    The model is loaded on first `measure` (constructing the scorer only validates the recipe), on CUDA in
+    bfloat16 when there is one, else on the CPU in float32; tests inject `aligner=(model, processor)`.
+    """
 
     name, version = "qwen3_aligner", "1"
     needs_audio = True
+    measure_keys = ("model", "revision", "language")
+    ARCHITECTURE = "Qwen3ASRForTokenClassification"
+    SAMPLE_RATE = 16_000  # Hz
+    # Word splitters transformers needs for these languages: (pip package, transformers' availability check).
+    SPLITTERS = {"Japanese": ("nagisa", "is_nagisa_available"), "Korean": ("soynlp", "is_soynlp_available")}
 
-    def __init__(self, config):
+    def __init__(self, config, aligner=None):
         super().__init__(config)
         languages = supported_aligner_languages()
         if config.language not in languages:
@@ -262,16 +285,118 @@ class Qwen3AlignerScorer(Scorer):
                 "noise). For Hebrew use the text, rate and vad scorers, plus ctc with a Hebrew CTC model (e.g. "
                 "facebook/mms-1b-all, target_lang heb) or asr with a model that transcribes Hebrew."
             )
-        raise ConfigError(
-            "audit.scorers.qwen3_aligner: the aligner path for supported languages is not built yet in Caspi (this "
-            "project is Hebrew-first); use the ctc scorer"
+        if config.language in self.SPLITTERS:
+            from transformers.utils import import_utils
+
+            package, check = self.SPLITTERS[config.language]
+            if not getattr(import_utils, check)():
+                raise ConfigError(
+                    f"audit.scorers.qwen3_aligner: {config.language} words are split with the `{package}` package, "
+                    f"which is not installed (pip install {package})"
+                )
+        self._aligner = aligner  # (model, processor): injected in tests; loaded on first use otherwise
+
+    @property
+    def aligner(self):
+        if self._aligner is None:
+            self._aligner = self._load(self.config.model, self.config.revision)
+        return self._aligner
+
+    @classmethod
+    def _load(cls, model_id: str, revision: str | None):
+        import torch
+        from transformers import AutoConfig, AutoProcessor, Qwen3ASRForTokenClassification
+
+        from caspi.errors import CheckpointError
+        from caspi.models.families import from_pretrained_or_raise
+
+        family = "qwen3_aligner"
+        config = from_pretrained_or_raise(AutoConfig.from_pretrained, family, model_id, revision)
+        architectures = getattr(config, "architectures", None) or []
+        model_type = getattr(config, "model_type", None)
+        if model_type != "qwen3_asr":
+            raise CheckpointError(
+                f"{family}: {model_id!r} is a {model_type!r} checkpoint, not a Qwen3-ForcedAligner (model_type "
+                "'qwen3_asr'); use e.g. 'Qwen/Qwen3-ForcedAligner-0.6B-hf'"
+            )
+        if hasattr(config, "thinker_config"):
+            raise CheckpointError(
+                f"{family}: {model_id!r} uses the original Qwen3-ASR layout (`thinker_config`, for the qwen-asr "
+                "package), which transformers 5.x ignores (you would get default shapes and a random head); use the "
+                "converted repo, e.g. 'Qwen/Qwen3-ForcedAligner-0.6B-hf'"
+            )
+        if architectures and cls.ARCHITECTURE not in architectures:
+            raise CheckpointError(
+                f"{family}: {model_id!r} is a {', '.join(architectures)} checkpoint, not the forced aligner "
+                f"({cls.ARCHITECTURE}); its timestamp head would be random. Use e.g. 'Qwen/Qwen3-ForcedAligner-0.6B-hf'"
+            )
+        cuda = torch.cuda.is_available()
+        dtype = torch.bfloat16 if cuda else torch.float32
+        model = from_pretrained_or_raise(
+            Qwen3ASRForTokenClassification.from_pretrained, family, model_id, revision, config=config, dtype=dtype
         )
+        processor = from_pretrained_or_raise(AutoProcessor.from_pretrained, family, model_id, revision)
+        return model.to("cuda" if cuda else "cpu").eval(), processor
 
-    def measure(self, samples):  # pragma: no cover - the constructor refuses
-        raise NotImplementedError
+    def measure(self, samples):
+        import torch
 
-    def flag(self, samples, measures):  # pragma: no cover
-        raise NotImplementedError
+        from caspi.errors import CheckpointError
+
+        model, processor = self.aligner
+        language = self.config.language
+        segment_s = processor.timestamp_segment_time / 1000.0  # one timestamp class, in seconds
+        timestamp_id = model.config.timestamp_token_id
+        param = next(model.parameters())
+        model.eval()  # the classification head has dropout
+        out: list[dict | None] = [None] * len(samples)
+        clips = [np.asarray(s.audio, dtype=np.float32).reshape(-1) for s in samples]
+        todo = []
+        for i, (s, clip) in enumerate(zip(samples, clips)):
+            words = processor.split_words_for_alignment(s.text, language)
+            if words and clip.size:
+                todo.append(i)
+            else:  # nothing to align (no words kept by the splitter, or no audio): no word is placed
+                out[i] = self.summarise(len(words), [], clip.size / self.SAMPLE_RATE, segment_s)
+        for start in range(0, len(todo), self.config.batch_size):
+            chunk = todo[start : start + self.config.batch_size]
+            inputs, word_lists = processor.prepare_forced_aligner_inputs(
+                [clips[i] for i in chunk], [samples[i].text for i in chunk], language=language
+            )
+            markers = (inputs["input_ids"] == timestamp_id).sum(dim=1).tolist()  # (B,)
+            for words, count in zip(word_lists, markers):
+                if count != 2 * len(words):
+                    raise CheckpointError(
+                        f"qwen3_aligner: the processor's prompt holds {count} <timestamp> markers (id {timestamp_id}) "
+                        f"for {len(words)} words; the forced aligner needs two per word (is this the aligner's own "
+                        "processor, with its chat template?)"
+                    )
+            inputs = inputs.to(param.device, param.dtype)  # casts only the float tensors (the features)
+            with torch.inference_mode():
+                logits = model(**inputs).logits  # (B, L, timestamp classes)
+            timed = processor.decode_forced_alignment(
+                logits.float(), inputs["input_ids"], word_lists, timestamp_token_id=timestamp_id
+            )
+            for i, items in zip(chunk, timed):
+                spans = [(item["start_time"], item["end_time"]) for item in items]
+                out[i] = self.summarise(len(items), spans, clips[i].size / self.SAMPLE_RATE, segment_s)
+        return out
+
+    @staticmethod
+    def summarise(words: int, spans: list[tuple[float, float]], duration_s: float, segment_s: float) -> dict:
+        """The per-clip numbers from the aligned (start, end) seconds of its words (see the class docstring)."""
+        limit = duration_s + segment_s + 1e-6  # times are rounded to the millisecond
+        aligned = sum(1 for start, end in spans if end > start and start >= 0 and end <= limit)
+        return {
+            "words": words,
+            "aligned_words": aligned,
+            "coverage": aligned / words if words else 0.0,
+            "span_s": float(spans[-1][1] - spans[0][0]) if spans else 0.0,
+            "duration_s": float(duration_s),
+        }
+
+    def flag(self, samples, measures):
+        return [["aligner_low_coverage"] if m["coverage"] < self.config.min_coverage else [] for m in measures]
 
 
 def supported_aligner_languages() -> list[str]:
