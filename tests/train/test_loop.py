@@ -159,6 +159,17 @@ def test_oom_halves_the_micro_batch_and_keeps_the_gradient(make_recipe, read_run
     assert state["chunks"] == 2
 
 
+def test_oom_with_a_single_clip_stops_with_advice(make_recipe, tmp_path, monkeypatch, capsys):
+    def always_oom(self, inputs, sync):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(loop.TrainingRun, "_forward_backward", always_oom)
+    assert train_cli(make_recipe(), tmp_path / "run", "train.max_steps=2") == 1
+    err = capsys.readouterr().err
+    assert err.count("micro-batch halved") == 2  # micro-batch 4 → 2 → 1 clip, then it gives up
+    assert "out of memory at step 1 with a micro-batch of one clip" in err
+
+
 def test_gate_stop_refuses_and_force_gate_is_recorded(make_recipe, train_corpus, tmp_path, capsys):
     from caspi.audit.gate import file_sha256
 

@@ -277,8 +277,13 @@ class TrainingRun:
         """Forward/backward of the window's newest micro-batch. On CUDA OOM: drop this step's gradients, halve the
         micro-batch (each runs as twice as many pieces: accumulation doubles, the effective batch stays), log it,
         and replay the step's micro-batches so far. Returns what to add to `step_loss`."""
+        replay = False
         while True:
             try:
+                if replay:
+                    step_loss.zero_()
+                    for earlier in window[:-1]:
+                        step_loss += self._forward_backward(earlier, False)
                 return self._forward_backward(window[-1], sync)
             except torch.OutOfMemoryError:
                 # (After a resume in the middle of a step, the restored partial gradients of micro-batches before
@@ -294,9 +299,7 @@ class TrainingRun:
                 self.chunks *= 2
                 self._event("oom", f"CUDA out of memory at step {self.step + 1}: micro-batch halved (split "
                                    f"{self.chunks} ways), accumulation doubled; effective batch unchanged")
-                step_loss.zero_()
-                for earlier in window[:-1]:
-                    step_loss += self._forward_backward(earlier, False)
+                replay = True
 
     def _forward_backward(self, inputs: dict, sync: bool) -> torch.Tensor:
         """Forward and backward of one micro-batch, loss ÷ accumulation; returns (loss, ce, ctc) ÷ accum.
