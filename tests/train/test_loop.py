@@ -271,6 +271,7 @@ def test_gradient_checkpointing_gives_the_same_losses(make_recipe, read_run, tmp
         run.setup()
         layers = [m for m in run.model.modules() if hasattr(m, "gradient_checkpointing")]
         assert layers and all(m.gradient_checkpointing for m in layers)  # it was switched on, not ignored
+        assert run.model.training  # transformers checkpoints only in training mode (from_pretrained gives eval)
     finally:
         run.cleanup()
 

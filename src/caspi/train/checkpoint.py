@@ -161,8 +161,10 @@ def save_checkpoint(
     if rank == 0:
         missing = [r for r in range(world_size) if not (tmp / f"rank-{r}.pt").is_file()]
         assert not missing, f"rank files missing from {tmp}: {missing}"
-        # safetensors refuses tensors that share storage or are non-contiguous views: save plain copies.
-        save_file({k: v.detach().contiguous().cpu().clone() for k, v in snapshot.weights.items()}, tmp / WEIGHTS_FILE)
+        # safetensors refuses tensors that share storage or are non-contiguous views: save plain copies (one copy:
+        # `.cpu()` of a CUDA tensor already is one).
+        weights = {k: v.detach().contiguous() for k, v in snapshot.weights.items()}
+        save_file({k: v.cpu() if v.is_cuda else v.clone() for k, v in weights.items()}, tmp / WEIGHTS_FILE)
         _fsync_file(tmp / WEIGHTS_FILE)
         _pause_for_tests()
         torch.save(snapshot.optimizer, tmp / OPTIMIZER_FILE)

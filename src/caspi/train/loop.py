@@ -168,8 +168,11 @@ class TrainingRun:
             vocab = base.get_output_embeddings().weight.shape[0]
             self.ctc = CtcAux(self.model, base.config.get_text_config().hidden_size, vocab)
         self.model.to(self.device)
+        # from_pretrained returns a model in eval mode: without this, dropout (LoRA's too) and activation
+        # checkpointing (transformers only checkpoints in training mode) would be silently off.
+        self.model.train()
         if self.ctc is not None:
-            self.ctc.head.to(self.device)
+            self.ctc.head.to(self.device).train()
         torch.manual_seed(r.train.seed + self.rank)  # dropout and SpecAugment draws: per rank, so masks differ
         np.random.seed((r.train.seed + self.rank) % 2**32)
         random.seed(r.train.seed + self.rank)
@@ -566,6 +569,11 @@ class TrainingRun:
 
     def _restore(self, snap: ckpt.Snapshot) -> None:
         s = snap.state
+        if s.get("world_size", 1) != self.world_size:
+            raise CheckpointError(
+                f"{self.resume_path} was written by {s.get('world_size', 1)} process(es), this run has "
+                f"{self.world_size}: an exact resume needs the same number (the sampler position is per process)"
+            )
         if s["fingerprint"] != self.recipe.fingerprint():
             raise CheckpointError(f"{self.ckpt_root}: the checkpoint was made with another recipe; resume with the "
                                   "same recipe and overrides, or use a new --out")
