@@ -250,8 +250,8 @@ class TrainingRun:
                         elapsed = time.perf_counter() - t_log
                         self._log_step(loss, clips_since_log / max(elapsed, 1e-9))
                         t_log, clips_since_log = time.perf_counter(), 0
+                    bar.set_postfix_str(self._postfix(loss), refresh=False)  # drawn once, by update()
                     bar.update(1)
-                    bar.set_postfix_str(self._postfix(loss))
                     improved = False
                     if self.eval_every and self.step % self.eval_every == 0:
                         improved = self._evaluate()
