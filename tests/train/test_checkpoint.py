@@ -4,6 +4,7 @@ naming order, and that every unreadable checkpoint becomes a CheckpointError tha
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -260,3 +261,11 @@ def test_write_text_atomic_replaces_and_leaves_no_temp(tmp_path):
     ckpt.write_text_atomic(target, "שלום\n")
     assert target.read_text(encoding="utf-8") == "שלום\n"
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_a_resave_killed_between_its_renames_gets_its_old_copy_back(tmp_path):
+    old = save(tmp_path, 3)
+    os.replace(old, tmp_path / ".tmp-old-step-000003")  # the state right after the first of the two renames
+    assert ckpt.clean_partial(tmp_path) == []
+    assert ckpt.find_latest(tmp_path) == tmp_path / "step-000003"
+    assert ckpt.load_checkpoint(tmp_path / "step-000003").state["step"] == 3

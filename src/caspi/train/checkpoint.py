@@ -99,10 +99,17 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def clean_partial(root: Path) -> list[str]:
-    """Remove `.tmp-*` folders and files left by a write that was killed; returns their names."""
+    """Remove `.tmp-*` folders and files left by a write that was killed; returns their names.
+
+    One leftover is put back instead: `.tmp-old-<name>` is a complete checkpoint moved aside by a re-save of the
+    same step; if the kill came before the new copy took its place, the old one is renamed back."""
     removed = []
     if root.is_dir():
-        for p in root.iterdir():
+        for p in sorted(root.iterdir()):
+            original = root / p.name.removeprefix(".tmp-old-")
+            if p.name.startswith(".tmp-old-") and not original.exists() and (p / STATE_FILE).is_file():
+                os.replace(p, original)
+                continue
             if p.name.startswith(".tmp-") or (p.name.startswith(f".{LATEST_FILE}.tmp-")):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
                 removed.append(p.name)
