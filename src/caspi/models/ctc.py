@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from caspi.models.families import family_of
+from caspi.models.families import base_model, family_of
 
 
 class CtcHead(torch.nn.Module):
@@ -35,7 +35,7 @@ class CtcAux:
     """The CTC head plus a forward hook that captures the audio embeddings of the model's last forward pass."""
 
     def __init__(self, model: torch.nn.Module, hidden_size: int, vocab_size: int):
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         self.family = family_of(base)
         self.model = model
         self.head = CtcHead(hidden_size, vocab_size)

@@ -162,6 +162,11 @@ def _ensure_registered() -> None:
 # Helpers shared by the families
 
 
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def check_audio_batch(audio: list[np.ndarray], texts: list[str] | None) -> None:
     """Reject what the processors would accept silently or fail on obscurely: non-1-D, empty, non-finite clips,
     and a text list of the wrong length. Indices in messages are positions in the batch."""

@@ -25,6 +25,7 @@ from caspi.models.families import (
     PEFT_PREFIX,
     GroupDef,
     ModelFamily,
+    base_model,
     check_audio_batch,
     check_padding_side,
     from_pretrained_or_raise,
@@ -415,13 +416,13 @@ class Qwen3ASRFamily(ModelFamily):
         )
 
     def audio_embedding_module(self, model: torch.nn.Module) -> torch.nn.Module:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         return base.model.multi_modal_projector
 
     def unpack_audio_embeddings(self, model, output, batch, frame_lens):
         """The projector's output is packed over the batch, (sum of clip tokens, H); each clip's share is the
         number of `<|audio_pad|>` placeholders in its prompt row (the model itself checks that the two agree)."""
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         counts = (batch["input_ids"] == base.config.audio_token_id).sum(dim=1)  # (B,)
         rows = torch.split(output, counts.tolist())
         return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True), counts  # (B, T_a, H), (B,)

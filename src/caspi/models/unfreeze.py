@@ -28,33 +28,28 @@ from typing import Any
 import torch
 
 from caspi.errors import ConfigError
-from caspi.models.families import GroupDef, family_of, layer_regex
+from caspi.models.families import GroupDef, base_model, family_of, layer_regex
 
 LORA_GROUP = GroupDef("lora", r".*\.lora_", "LoRA adapter tensors (after apply_lora)")
 LAYER_OPTIONS = ("top", "bottom", "layers")
 
 
-def _base(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def known_groups(model: torch.nn.Module) -> dict[str, GroupDef]:
     """Every group name a spec may use for this model: the family's groups plus `lora`."""
-    groups = dict(family_of(_base(model)).param_groups(_base(model).config))
+    groups = dict(family_of(base_model(model)).param_groups(base_model(model).config))
     groups[LORA_GROUP.name] = LORA_GROUP
     return groups
 
 
 def tied_lm_head(model: torch.nn.Module) -> bool:
     """True when the output projection *is* the input embedding tensor (one Parameter, two names)."""
-    base = _base(model)
+    base = base_model(model)
     out = base.get_output_embeddings()
     return out is not None and out.weight is base.get_input_embeddings().weight
 
 
 def _embedding_name(model: torch.nn.Module) -> str:
-    weight = _base(model).get_input_embeddings().weight
+    weight = base_model(model).get_input_embeddings().weight
     for name, param in model.named_parameters():
         if param is weight:
             return name
@@ -128,7 +123,7 @@ def trainable_names(
                 raise ConfigError(f"group {group_name!r}: bad regex ({exc})") from None
         elif group_name not in groups:
             raise ConfigError(
-                f"unknown parameter group {group_name!r} for {type(_base(model)).__name__}; "
+                f"unknown parameter group {group_name!r} for {type(base_model(model)).__name__}; "
                 f"known groups: {', '.join(groups)}; or define one with {{regex: ...}}"
             )
         else:
@@ -143,7 +138,7 @@ def trainable_names(
         if not matched:
             raise ConfigError(
                 f"parameter group {group_name!r} ({group.description}) matched no parameter of "
-                f"{type(_base(model)).__name__}" + (" (apply LoRA first)" if group is LORA_GROUP else "")
+                f"{type(base_model(model)).__name__}" + (" (apply LoRA first)" if group is LORA_GROUP else "")
             )
         for name in matched:
             if name in owner:

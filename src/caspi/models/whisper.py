@@ -17,6 +17,7 @@ from caspi.models.families import (
     PEFT_PREFIX,
     GroupDef,
     ModelFamily,
+    base_model,
     check_audio_batch,
     check_padding_side,
     from_pretrained_or_raise,
@@ -279,7 +280,7 @@ class WhisperFamily(ModelFamily):
         return {g.name: g for g in groups}
 
     def audio_embedding_module(self, model: torch.nn.Module) -> torch.nn.Module:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         return base.model.encoder
 
     def unpack_audio_embeddings(self, model, output, batch, frame_lens):

@@ -55,7 +55,7 @@ from caspi.data.cuts import cut_domain, cut_text, read_manifest
 from caspi.errors import CaspiError, CheckpointError, ConfigError, DataError
 from caspi.eval.metrics import score
 from caspi.models.ctc import CtcAux
-from caspi.models.families import get_family
+from caspi.models.families import base_model, get_family
 from caspi.models.unfreeze import (
     apply_lora,
     apply_trainable,
@@ -157,14 +157,14 @@ class TrainingRun:
             self.model = apply_lora(self.model, r=r.lora.r, alpha=r.lora.alpha, dropout=r.lora.dropout,
                                     target_regex=r.lora.target_regex)
         if r.train.gradient_checkpointing:
-            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            base = base_model(self.model)
             if hasattr(base, "activation_checkpointing_enable"):  # transformers ≥ 5.x name; the old one warns
                 base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             base.config.use_cache = False
         if r.train.ctc_aux_weight > 0:
-            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            base = base_model(self.model)
             vocab = base.get_output_embeddings().weight.shape[0]
             self.ctc = CtcAux(self.model, base.config.get_text_config().hidden_size, vocab)
         self.model.to(self.device)
