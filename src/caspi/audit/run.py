@@ -29,8 +29,8 @@ import numpy as np
 
 from caspi.audit.gate import PROCEED, STOP, decide, file_sha256, wilson_interval
 from caspi.audit.scorers import AuditSample, Scorer, build_scorers
-from caspi.data.cuts import cut_domain, cut_text, read_manifest, write_manifest
-from caspi.errors import DataError
+from caspi.data.cuts import cut_domain, cut_text, load_cut_audio, read_manifest, write_manifest
+from caspi.errors import AudioError, DataError
 
 REPORT_FILE, CLEANED_FILE, SCORES_FILE = "alignment_report.json", "cleaned.jsonl.gz", "scores.jsonl"
 CHUNK = 256  # samples decoded and scored together (bounded memory; the cache is written after each chunk)
@@ -106,19 +106,11 @@ def _decode(cut_dict: dict) -> tuple[str, np.ndarray | None, str | None]:
     """Worker: (id, 16 kHz mono float32 samples or None, error or None)."""
     from lhotse import CutSet
 
-    from caspi.data.audio import SAMPLE_RATE
-
     cut = CutSet.from_dicts([cut_dict])[0]
     try:
-        if cut.sampling_rate != SAMPLE_RATE:
-            cut = cut.resample(SAMPLE_RATE)
-        samples = cut.load_audio()  # (channels, T)
-        audio = samples.mean(axis=0).astype(np.float32)
-        if audio.size == 0 or not np.isfinite(audio).all():
-            return cut.id, None, "empty or non-finite audio"
-        return cut.id, audio, None
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means the same: the audio is unreadable
-        return cut.id, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        return cut.id, load_cut_audio(cut), None
+    except AudioError as exc:
+        return cut.id, None, str(exc)[:300]
 
 
 # ---------------------------------------------------------------------------------------------------- the audit

@@ -15,8 +15,10 @@ from pathlib import Path
 from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 from lhotse.audio import AudioSource
 
-from caspi.data.audio import SAMPLE_RATE
-from caspi.errors import DataError
+import numpy as np
+
+from caspi.data.audio import SAMPLE_RATE, check_samples
+from caspi.errors import AudioError, DataError
 
 DEFAULT_DOMAIN = "default"
 LANGUAGE = "he"
@@ -63,6 +65,21 @@ def cut_domain(cut) -> str:
     """The domain of a Caspi cut, `default` when none was given."""
     custom = getattr(cut, "custom", None) or {}
     return str(custom.get("domain", DEFAULT_DOMAIN))
+
+
+def load_cut_audio(cut, label: str | None = None) -> np.ndarray:
+    """A cut's audio as 16 kHz mono float32 (T,): resampled when needed, channels averaged. Any decoding failure,
+    an empty clip or NaN/inf samples is an `AudioError` naming `label` (default: the cut id)."""
+    label = label or f"cut {cut.id}"
+    try:
+        if cut.sampling_rate != SAMPLE_RATE:
+            cut = cut.resample(SAMPLE_RATE)
+        samples = cut.load_audio()  # (C, T)
+    except Exception as exc:  # noqa: BLE001 - Lhotse, libsndfile and audioread raise many types
+        raise AudioError(f"{label}: cannot load audio ({type(exc).__name__}: {exc})") from None
+    mono = samples.mean(axis=0).astype(np.float32)  # (T,)
+    check_samples(mono, label)
+    return mono
 
 
 def read_manifest(path: str | Path) -> CutSet:

@@ -41,8 +41,16 @@ import soundfile as sf
 from lhotse import CutSet
 from tqdm.auto import tqdm
 
-from caspi.data.audio import SAMPLE_RATE, check_samples, decode_audio, write_flac
-from caspi.data.cuts import cut_domain, cut_text, make_cut, read_manifest, write_jsonl, write_manifest
+from caspi.data.audio import SAMPLE_RATE, decode_audio, write_flac
+from caspi.data.cuts import (
+    cut_domain,
+    cut_text,
+    load_cut_audio,
+    make_cut,
+    read_manifest,
+    write_jsonl,
+    write_manifest,
+)
 from caspi.errors import AudioError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -590,15 +598,7 @@ def _load(job: _Job):
     if isinstance(job.audio, dict):
         from lhotse import MonoCut
 
-        label = f"{job.source} ({job.id})"
-        try:
-            cut = MonoCut.from_dict(job.audio).resample(SAMPLE_RATE)
-            samples = cut.load_audio()  # (C, T)
-        except Exception as exc:  # Lhotse raises many types for missing/corrupt sources
-            raise AudioError(f"{label}: cannot load audio ({type(exc).__name__}: {exc})") from None
-        mono = samples.mean(axis=0).astype("float32")  # (T,)
-        check_samples(mono, label)
-        return mono
+        return load_cut_audio(MonoCut.from_dict(job.audio), label=f"{job.source} ({job.id})")
     samples, _ = decode_audio(job.audio, name=f"{job.source} ({job.id})" if isinstance(job.audio, bytes) else None)
     return samples
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caspi.data.cuts import cut_domain, cut_text, read_manifest
+from caspi.data.cuts import cut_domain, cut_text, load_cut_audio, read_manifest
 from caspi.data.text import NORMALISERS
 from caspi.errors import DataError
 from caspi.eval.stats import UtteranceCounts, resampled_rates, bootstrap_ci, rate, utterance_counts
@@ -81,7 +81,7 @@ def _transcribe(spec: str, cuts: list, batch_size: int, max_new_tokens: int, num
     bar = tqdm(total=len(cuts), desc="eval", unit="clip", disable=not progress, file=sys.stderr)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        clips = [_load(cuts[i]) for i in rows]
+        clips = [load_cut_audio(cuts[i]) for i in rows]
         audio_s += sum(len(c) for c in clips) / 16000
         out = family.decode(model, processor, clips, max_new_tokens=max_new_tokens, batch_size=len(clips),
                             num_beams=num_beams)
@@ -95,18 +95,6 @@ def _transcribe(spec: str, cuts: list, batch_size: int, max_new_tokens: int, num
     print(f"decoded {len(cuts)} clips ({audio_s / 60:.1f} min of audio) in {seconds:.1f} s: "
           f"{len(cuts) / seconds:.1f} clips/s, real-time factor {decoding['real_time_factor']:.3f}", file=sys.stderr)
     return [h or "" for h in hyps], decoding
-
-
-def _load(cut) -> np.ndarray:
-    from caspi.data.audio import SAMPLE_RATE
-    from caspi.errors import AudioError
-
-    try:
-        if cut.sampling_rate != SAMPLE_RATE:
-            cut = cut.resample(SAMPLE_RATE)
-        return cut.load_audio().mean(axis=0).astype(np.float32)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure: name the cut
-        raise AudioError(f"cut {cut.id}: cannot load its audio for evaluation ({type(exc).__name__}: {exc})") from None
 
 
 def _read_hypotheses(path: Path, cuts: list) -> list[str]:
