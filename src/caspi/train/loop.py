@@ -415,10 +415,7 @@ class TrainingRun:
         apply_trainable(self.model, names)
         for group in names.values():
             self.trained.update(group)
-        # Trained parameters keep float32 master weights under bf16/fp16 models (AdamW updates in 16 bits stall).
-        for p in self.model.parameters():
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.float()
+        self._float32_masters()
         extra = []
         if self.ctc is not None:
             extra.append({"name": "ctc_head", "params": list(self.ctc.head.parameters()),
@@ -434,6 +431,10 @@ class TrainingRun:
                                                extra_groups=extra)
         for group in self.optimizer.param_groups:
             group["peak_lr"] = group["lr"]
+        # Walked every step (rescale, clip) and at every save: listed once per phase, not per step.
+        self.named_trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if self.ctc is not None:
+            self.named_trainable += [(CTC_HEAD_PREFIX + n, p) for n, p in self.ctc.head.named_parameters()]
         self.phase = phase
         self.phase_start_step = self.step if not restoring else self.phase_start_step
         self.ddp_model = self.model
@@ -540,7 +541,7 @@ class TrainingRun:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "sampler": sampler_state(self.sampler, self.consumed),
             # Mid-accumulation (preemption): this process's partial gradients, unsynchronised under DDP.
-            "grads": {n: p.grad.detach().cpu().clone() for n, p in self._named_trainable() if p.grad is not None}
+            "grads": {n: p.grad.detach().cpu().clone() for n, p in self.named_trainable if p.grad is not None}
             if self.micro else {},
             "pending_loss": self.pending_loss.clone(),
         }
@@ -584,10 +585,7 @@ class TrainingRun:
         # Every tensor trained in earlier phases first (it may be frozen now), then enter the saved phase.
         phase = next(p for p in self.recipe.unfreeze.phases if p.name == s["phase"])
         self.trained = set(s["trained"])
-        apply_trainable(self.model, self.trained)  # float32 master copies below are made for these names
-        for name, p in self.model.named_parameters():
-            if name in self.trained and p.dtype != torch.float32:
-                p.data = p.data.float()
+        self._float32_masters()  # before loading: the saved float32 weights must not pass through bf16
         self._load_weights(snap.weights)
         self._enter_phase(phase, restoring=True)
         saved_groups = [(g["name"], g["param_names"]) for g in snap.optimizer["param_groups"]]
@@ -599,7 +597,7 @@ class TrainingRun:
         rs = snap.rank_state
         restore_sampler(self.sampler, rs["sampler"])
         self.pending_loss = rs["pending_loss"].clone()
-        named = dict(self._named_trainable())
+        named = dict(self.named_trainable)
         for name, grad in rs["grads"].items():
             named[name].grad = grad.to(named[name].device, named[name].dtype)
         random.setstate(rs["rng"]["python"])
@@ -774,14 +772,15 @@ class TrainingRun:
     def _done(self, total_steps: int) -> bool:
         return self.step >= total_steps
 
-    def _named_trainable(self):
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        if self.ctc is not None:
-            named += [(CTC_HEAD_PREFIX + n, p) for n, p in self.ctc.head.named_parameters()]
-        return named
+    def _float32_masters(self) -> None:
+        """Every parameter trained so far keeps a float32 master copy under a bf16/fp16 model (AdamW updates in
+        16 bits stall); frozen ones stay in the model's dtype."""
+        for name, p in self.model.named_parameters():
+            if name in self.trained and p.dtype != torch.float32:
+                p.data = p.data.float()
 
     def _trainable_params(self) -> list[torch.Tensor]:
-        return [p for _, p in self._named_trainable()]
+        return [p for _, p in self.named_trainable]
 
     def _ddp_sync_context(self, sync: bool):
         import contextlib
