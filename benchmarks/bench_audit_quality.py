@@ -67,7 +67,10 @@ def main() -> None:
     false_reasons = Counter(r for i, rs in flagged.items() if i not in planted for r in rs)
     print(f"{'precision':<22} {'':>7} {true_pos:>6} {precision:>7.3f} {len(planted) / n:>7.3f}  false alarms: "
           + (", ".join(f"{r} {c}" for r, c in false_reasons.most_common()) or "none"))
-    print(f"decision {result.decision} at {result.low_quality_percentage:.1f} % low quality")
+    report = result.report
+    print(f"decision {result.decision} at {result.low_quality_percentage:.1f} % estimated low quality "
+          f"({report['sample_low_quality_percentage']:.1f} % of the sample flagged, "
+          f"{report['estimate']['expected_false_alarms']:.1f} false alarms expected)")
 
 
 if __name__ == "__main__":

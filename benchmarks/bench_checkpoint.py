@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import tempfile
 import time
@@ -75,8 +74,7 @@ def rank_state() -> dict:
         if consumed == 7:
             break
     return {
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": ckpt.capture_rng(),
         "sampler": sampler_state(sampler, consumed),
         "grads": {},
         "pending_loss": torch.zeros(3),

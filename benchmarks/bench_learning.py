@@ -5,8 +5,14 @@ Target (DESIGN.md, "Training loop"): studio CER ≤ 0.5 within 10 minutes of tra
 An untrained model scores above 2 (it writes junk up to max_new_tokens); one that learned only a text prior sits
 near 0.8 (REFERENCE.md), so the absolute figure is what counts.
 
-    python benchmarks/bench_learning.py data.train_manifest=M --seeds 0 1   # overrides before --seeds; needs
-                                                                              # data/demo (make demo)
+    python benchmarks/bench_learning.py --seeds 0 1        # what `make bench` runs (RESULTS.md's table)
+    python benchmarks/bench_learning.py --seeds 0 --n-train 48 --n-eval 16 train.epochs=1 eval.every_steps=5
+                                                           # a smoke run (seconds; the figures mean nothing)
+
+Self-contained: the data is `make demo`'s, made here under DATA (default runs/bench-learning/data) when missing, by
+the same commands: `caspi synth` (seed 0, 8 % planted errors), `caspi import`, and the Phase 0 audit with the
+recipe, whose cleaned manifest is the training set. The run of the first seed (runs/bench-learning/seed-0) is also
+the model of the audit's `asr`-scorer row in RESULTS.md (`make bench` runs that after this).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from caspi.cli import main as caspi
 from caspi.config import load_recipe
 from caspi.eval.metrics import score
 from caspi.train.loop import train
@@ -46,20 +53,45 @@ def untrained_studio_cer(run_dir: Path, recipe) -> float:
     return score([cut_text(c) for c in cuts], hyps, recipe.eval.normaliser).cer
 
 
+def demo_data(root: Path, recipe: str, n_train: int, n_eval: int) -> tuple[Path, Path]:
+    """`make demo`'s corpus under `root`, made once: (the audit's cleaned training manifest, the eval manifest)."""
+    cleaned, eval_manifest = root / "phase0" / "cleaned.jsonl.gz", root / "corpus" / "eval.jsonl.gz"
+    if cleaned.is_file() and eval_manifest.is_file():
+        return cleaned, eval_manifest
+    imported = root / "imported" / "train.jsonl.gz"
+    steps = [
+        ["synth", "--out", str(root / "corpus"), "--n-train", str(n_train), "--n-eval", str(n_eval), "--seed", "0",
+         "--error-rate", "0.08"],
+        ["import", str(root / "corpus" / "train.jsonl.gz"), "--out", str(imported)],
+        ["audit", "--manifest", str(imported), "--out", str(root / "phase0"), "--recipe", recipe],
+    ]
+    for argv in steps:
+        print("caspi " + " ".join(argv), flush=True)
+        if caspi(argv) != 0:
+            raise SystemExit(f"`caspi {' '.join(argv)}` failed; see its message above")
+    if not cleaned.is_file():
+        raise SystemExit(f"the audit wrote no cleaned manifest at {cleaned}")
+    return cleaned, eval_manifest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipes/demo-cpu.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", default="runs/bench-learning")
+    parser.add_argument("--data", default=None, help="where the demo corpus is made (default: OUT/data)")
+    parser.add_argument("--n-train", type=int, default=1200, help="training clips synthesised (make demo: 1200)")
+    parser.add_argument("--n-eval", type=int, default=300, help="eval clips synthesised (make demo: 300)")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=20")
     args = parser.parse_args()
 
+    data = Path(args.data) if args.data else Path(args.out) / "data"
+    train_manifest, eval_manifest = demo_data(data, args.recipe, args.n_train, args.n_eval)
     rows = []
     for seed in args.seeds:
-        recipe = load_recipe(args.recipe, [*args.overrides, f"train.seed={seed}"])
-        for manifest in (recipe.data.train_manifest, recipe.data.eval_manifest):
-            if not Path(manifest).is_file():
-                raise SystemExit(f"{manifest} not found: run `make demo` first (it synthesises data/demo)")
+        recipe = load_recipe(args.recipe, [f"data.train_manifest={train_manifest}",
+                                           f"data.eval_manifest={eval_manifest}", *args.overrides,
+                                           f"train.seed={seed}"])
         run_dir = Path(args.out) / f"seed-{seed}"
         started = time.perf_counter()
         result = train(recipe, run_dir, progress=False)

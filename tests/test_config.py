@@ -147,3 +147,31 @@ def test_recipe_is_frozen_and_fingerprint_tracks_content():
 def test_yaml_round_trip():
     r = load_recipe(RECIPES[0].parent / "round2-8xa100.yaml")
     assert validate_recipe_dict(yaml.safe_load(r.to_yaml())) == r
+
+
+def test_whisper_clip_stretched_past_30_s_by_speed_perturbation_is_refused():
+    whisper = RECIPES[0].parent / "whisper-large-v3.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_recipe(whisper, ["data.max_duration=30"])  # the shipped recipe before issue 14: 30 s ÷ 0.9 = 33.3 s
+    (problem,) = err.value.problems
+    for expected in ["data.max_duration: 30 s", "augment.speed_factors (0.9)", "33.33 s", "whisper takes (30 s)",
+                     "at most 27 s"]:
+        assert expected in problem, problem
+    with pytest.raises(ConfigError, match="at most 28.5 s"):
+        load_recipe(whisper, ["data.max_duration=30", "augment.speed_factors=[0.95, 1.0]"])
+    assert load_recipe(whisper, ["augment.speed_factors=[1.0, 1.1]", "data.max_duration=30"]).data.max_duration == 30
+    assert load_recipe(whisper).data.max_duration == 27  # the shipped recipe fits: 27 s ÷ 0.9 = 30 s
+    # Qwen3-ASR has no fixed window: the same durations are fine.
+    assert load_recipe(RECIPES[0].parent / "round2-2xa100.yaml", ["data.max_duration=30"]).data.max_duration == 30
+
+
+def test_model_language_is_checked_by_the_family():
+    whisper = RECIPES[0].parent / "whisper-large-v3.yaml"
+    qwen = RECIPES[0].parent / "round2-2xa100.yaml"
+    with pytest.raises(ConfigError, match="model.language: 'Klingon' is not one of Whisper's languages"):
+        load_recipe(whisper, ["model.language=Klingon"])
+    for language in ("English", "he", "arabic"):
+        assert load_recipe(whisper, [f"model.language={language}"]).model.language == language
+    assert load_recipe(qwen, ["model.language=Yiddish"]).model.language == "Yiddish"  # a new tag is allowed
+    with pytest.raises(ConfigError, match="model.language: .* cannot be a Qwen3-ASR language tag"):
+        load_recipe(qwen, ["model.language=He<asr_text>"])

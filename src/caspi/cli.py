@@ -113,7 +113,7 @@ def cmd_train(args) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     result = train(recipe, args.out, overrides=args.overrides, force_gate=args.force_gate,
-                   cpu_fallback=args.cpu_fallback, progress=not args.quiet)
+                   cpu_fallback=args.cpu_fallback, progress=not args.quiet, new_data=args.new_data)
     if result.preempted:
         return EXIT_REQUEUE
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
@@ -134,10 +134,20 @@ def cmd_audit(args) -> int:
     if args.overrides and args.recipe is None:
         raise ConfigError(f"audit: overrides ({' '.join(args.overrides)}) need --recipe")
     config = load_recipe(args.recipe, args.overrides).audit if args.recipe else AuditConfig()
+    if args.clean is not None:
+        config = config.model_copy(update={"clean": args.clean})
     result = audit(args.manifest, args.out, config, all_samples=args.all, progress=not args.quiet)
     print(render_summary(result.report))
     print(f"report            {result.report_path}")
-    print(f"cleaned manifest  {result.cleaned_path}  ({result.report['low_quality_samples']} flagged samples removed)")
+    decision, cleaning = result.report["decision_sample"], result.report["cleaning"]
+    print(f"scored            {decision['scored_samples']:,} samples for the decision "
+          f"({', '.join(decision['scorers'])}); {cleaning['scored_samples']:,} for the cleaning "
+          f"({', '.join(cleaning['scorers']) or 'none'})")
+    if result.cleaned_path is None:
+        print(f"cleaned manifest  none: {cleaning['note']}")
+    else:
+        print(f"cleaned manifest  {result.cleaned_path}  ({cleaning['removed_samples']:,} of "
+              f"{cleaning['scored_samples']:,} samples removed, listed in {cleaning['removed_list']})")
     return EXIT_STOP if result.decision == STOP else EXIT_OK
 
 
@@ -164,13 +174,14 @@ def cmd_eval(args) -> int:
 def cmd_compare(args) -> int:
     from pathlib import Path
 
-    from caspi.eval.evaluate import PREDICTIONS, evaluate
+    from caspi.eval.evaluate import PREDICTIONS, SUMMARY, evaluate
     from caspi.eval.report import compare, render_table
 
     e = _eval_settings(args)
     folders = []
     for label, system in zip("ab", (args.a, args.b)):
-        if (Path(system) / PREDICTIONS).is_file():
+        # An eval folder, complete or not (`compare` refuses an incomplete one by name), is never taken for a model.
+        if (Path(system) / PREDICTIONS).is_file() or (Path(system) / SUMMARY).is_file():
             folders.append(system)
             continue
         if args.manifest is None:
@@ -252,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (alignment_report.json, cleaned.jsonl.gz, cache)")
     p.add_argument("--recipe", help="take the audit: section (thresholds, scorers) from this recipe")
     p.add_argument("--all", action="store_true", help="audit every sample, not a stratified share")
+    p.add_argument("--clean", choices=("all", "none"),
+                   help="all: score every sample with the cheap scorers and write the cleaned manifest; none: write "
+                        "no cleaned manifest (default: the recipe's audit.clean, all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_audit)
 
@@ -261,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force-gate", action="store_true",
                    help="train even if the Phase 0 report says STOP or was made from another manifest (recorded)")
     p.add_argument("--cpu-fallback", action="store_true", help="continue on CPU when CUDA is not available")
+    p.add_argument("--new-data", action="store_true",
+                   help="resume although a manifest changed since the checkpoint: restart the current epoch on the "
+                        "new data (the saved sampler position is dropped; recorded in run.json and metrics.jsonl)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -292,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="a run or checkpoint as a merged model folder that from_pretrained loads")
     p.add_argument("run", help="run folder (its latest checkpoint) or a checkpoint folder")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder: new, empty, or an earlier export (replaced "
+                                                "atomically); any other non-empty folder is refused")
     p.set_defaults(func=cmd_export)
     return parser
 

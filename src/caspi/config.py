@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -28,10 +29,12 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     family: Literal["qwen3_asr", "whisper"] = "qwen3_asr"
     name_or_path: str = "Qwen/Qwen3-ASR-1.7B-hf"  # hub id or local folder
-    revision: str | None = None  # hub revision (commit/tag) recorded in every checkpoint
+    revision: str | None = None  # hub branch/tag/commit; resolved to a commit sha that run.json pins
     tiny: Literal["xs", "s"] | None = None  # build a tiny random model of the real architecture instead
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # weights dtype; features are cast to it
-    language: str = "Hebrew"  # the tag in the assistant prefill `language Hebrew<asr_text>`
+    # Qwen3-ASR: the tag in the assistant prefill `language Hebrew<asr_text>`; Whisper: a name or code from its
+    # list ("Hebrew" or "he"), which picks the language token. Used in training and the in-training eval.
+    language: str = "Hebrew"
 
 
 class HardwareConfig(_Section):
@@ -39,8 +42,9 @@ class HardwareConfig(_Section):
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(1, ge=1)  # processes per node (torchrun --nproc_per_node); 1 on CPU
     gpu_type: str | None = None  # e.g. "A100-40GB", for plan/doctor and the run metadata
-    gpu_memory_gib: float | None = Field(None, gt=0)  # per device
-    price_per_gpu_hour: float | None = Field(None, ge=0)  # USD, for plan's cost figure
+    gpu_memory_gib: float | None = Field(None, gt=0)  # per device; training warns when the device has less
+    # USD; training logs `gpu_hours` and `cost_usd` so far in metrics.jsonl (CUDA runs only), for plan's figure too
+    price_per_gpu_hour: float | None = Field(None, ge=0)
 
     @property
     def world_size(self) -> int:
@@ -50,7 +54,9 @@ class HardwareConfig(_Section):
 class DataConfig(_Section):
     train_manifest: str | None = None  # Lhotse CutSet .jsonl.gz (the audit's cleaned manifest for real runs)
     eval_manifest: str | None = None
-    max_duration: float = Field(15.0, gt=0)  # seconds; longer clips are rejected at import, skipped in training
+    # seconds; longer clips are rejected at import, skipped in training. ÷ the smallest speed factor it must fit
+    # the model family's window (Whisper: 30 s), checked here.
+    max_duration: float = Field(15.0, gt=0)
     min_duration: float = Field(0.0, ge=0)  # seconds
     num_workers: int = Field(2, ge=0)  # DataLoader worker processes per rank
 
@@ -248,6 +254,9 @@ class AuditConfig(_Section):
     proceed_below: float = Field(10.0, ge=0, le=100)  # % low-quality: below → PROCEED
     stop_above: float = Field(15.0, ge=0, le=100)  # % low-quality: above → STOP; between → CAUTION
     workers: int = Field(2, ge=1)  # audio decoding processes
+    # all: score every sample of the manifest with the cheap scorers (text, rate, vad) and write cleaned.jsonl.gz
+    # without every flagged sample; none: write no cleaned manifest (the gate then accepts only the audited one).
+    clean: Literal["all", "none"] = "all"
     scorers: ScorersConfig = ScorersConfig()
 
     @model_validator(mode="after")
@@ -360,6 +369,37 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.model.tiny is None and recipe.model.family == "whisper" and "Qwen" in recipe.model.name_or_path:
         problems.append(f"model.name_or_path: {recipe.model.name_or_path!r} is a Qwen3-ASR model but "
                         "model.family is whisper")
+    problems += _family_checks(recipe)
+    return problems
+
+
+def _family_checks(recipe: Recipe) -> list[str]:
+    """What the model family allows: its language tag, and its longest clip after the slowest speed perturbation.
+
+    A factor f below 1 stretches a clip of d seconds to d / f seconds, so the longest training clip is
+    `data.max_duration / min(1, speed factors)`; Whisper crashes mid-run on a clip past its 30 s window.
+    """
+    from caspi.models.families import get_family  # imports torch: only here, so `caspi --help` stays fast
+
+    family = get_family(recipe.model.family)
+    problems = []
+    try:
+        family.language_tag(recipe.model.language)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    limit = family.max_audio_seconds
+    if limit is not None:
+        max_duration = recipe.data.max_duration
+        slowest = min([1.0, *recipe.augment.speed_factors])
+        longest = max_duration / slowest  # seconds
+        if longest > limit * (1 + 1e-9):  # tolerance: 27 / 0.9 may round above 30
+            allowed = math.floor(limit * slowest * 100) / 100  # seconds, rounded down to 10 ms
+            problems.append(
+                f"data.max_duration: {max_duration:g} s ÷ the smallest of augment.speed_factors ({slowest:g}) is "
+                f"{longest:.2f} s of audio, more than {recipe.model.family} takes ({limit:g} s); set "
+                f"data.max_duration to at most {allowed:g} s, or drop the factors below {max_duration / limit:.3g} "
+                "from augment.speed_factors"
+            )
     return problems
 
 

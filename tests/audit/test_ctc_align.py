@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import shutil
 
 import numpy as np
 import pytest
@@ -16,8 +15,6 @@ from caspi.audit.ctc_align import (
     tiny_ctc_model,
 )
 from caspi.errors import CheckpointError
-
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -325,7 +322,6 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.espeak
-@needs_espeak
 def test_coverage_separates_true_from_wrong_transcripts(trained):
     model, processor, audio, texts = trained
     aligner = CtcAligner(model, processor, batch_size=3)

@@ -5,7 +5,17 @@ import math
 
 import pytest
 
-from caspi.audit.gate import CAUTION, PROCEED, STOP, check_gate, decide, file_sha256, wilson_interval
+from caspi.audit.gate import (
+    CAUTION,
+    PROCEED,
+    STOP,
+    Stratum,
+    check_gate,
+    decide,
+    file_sha256,
+    stratified_share,
+    wilson_interval,
+)
 from caspi.errors import GateError
 
 
@@ -20,7 +30,7 @@ def test_decide_custom_thresholds():
     assert decide(6.0, proceed_below=3, stop_above=5) == STOP
 
 
-def _slow_wilson(k, n, z=1.959964):
+def _slow_wilson(k, n, z=1.959963984540054):
     # Textbook form: solve |p̂ − p| = z·sqrt(p(1−p)/n) for p (the two roots of a quadratic).
     p_hat = k / n
     a = 1 + z * z / n
@@ -97,3 +107,37 @@ def test_gate_missing_or_broken_report(tmp_path):
     broken.write_text('{"decision": "PROCEED"}')
     with pytest.raises(GateError, match="not a Phase 0 report"):
         check_gate(broken, manifest)
+
+
+def test_wilson_is_scipys():
+    from scipy.stats import binomtest
+
+    ci = binomtest(3, 250).proportion_ci(method="wilson")
+    assert wilson_interval(3, 250) == pytest.approx((ci.low, ci.high))
+
+
+def test_stratified_share_weights_strata_by_their_manifest_share():
+    # Issue #14's example: 2,000 / 6,000 / 2,000 samples, 30 % / 2 % / 5 % bad, sampled 40/40/20 (seed 001's mix).
+    strata = [Stratum(2000, 400, 120), Stratum(6000, 400, 8), Stratum(2000, 200, 10)]
+    est = stratified_share(strata)
+    assert est.share == pytest.approx(0.082)
+    assert decide(100 * est.share) == PROCEED and decide(100 * 138 / 1000) == CAUTION  # the raw share: 13.8 %
+    lo, hi = est.ci95
+    assert lo < est.share < hi and hi - lo < 0.05
+
+
+def test_stratified_share_is_the_plain_share_and_wilson_interval_when_proportional():
+    strata = [Stratum(2000, 200, 60), Stratum(6000, 600, 12), Stratum(2000, 200, 10)]
+    est = stratified_share(strata)
+    assert est.share == pytest.approx(82 / 1000) and est.design_effect == 1.0
+    assert est.ci95 == pytest.approx(wilson_interval(82, 1000), abs=1e-9)
+    assert stratified_share([Stratum(100, 100, 0)]).ci95 == pytest.approx(wilson_interval(0, 100), abs=1e-9)
+
+
+def test_stratified_interval_widens_when_a_heavy_stratum_is_undersampled():
+    # A stratum holding 90 % of the manifest, sampled 20 times: far less precise than 1,000 random samples.
+    est = stratified_share([Stratum(9000, 20, 4), Stratum(1000, 980, 49)])
+    assert est.design_effect > 5 and est.effective_samples < 200
+    lo, hi = est.ci95
+    assert hi - lo > 2 * (wilson_interval(round(est.share * 1000), 1000)[1] - wilson_interval(round(est.share * 1000),
+                                                                                               1000)[0])

@@ -32,7 +32,7 @@ def test_robust_z_uses_each_domains_median_and_falls_back_for_small_domains():
     z = robust_z(values, groups, min_group=4)
     assert z[5] > 10 and abs(z[0]) < 1  # 30 is far from a's median of 10
     assert abs(z[6]) < 1  # b has its own median (20), so 20 is typical there
-    overall = np.median(values), np.median(np.abs(values - np.median(values))) * 1.4826
+    overall = np.median(values), np.median(np.abs(values - np.median(values))) * 1.482602218505602  # 1/Φ⁻¹(¾)
     assert z[10] == pytest.approx((40 - overall[0]) / overall[1])  # c has one sample: compared with everything
     assert np.isnan(robust_z([np.nan, 1.0, 1.0], ["a", "a", "a"], 1)[0])
 
@@ -106,3 +106,48 @@ def test_asr_scorer_compares_a_models_hypothesis_with_the_transcript():
     assert isinstance(m["hypothesis"], str) and m["cer"] >= 0
     assert scorer.flag([s, s, s], [{"cer": 0.1}, {"cer": 0.9}, {"cer": float("nan")}]) == [
         [], ["asr_mismatch"], ["asr_mismatch"]]
+
+
+def _false_alarm_rate(n: int, threshold, reps: int, seed: int = 0) -> float:
+    from scipy.stats import median_abs_deviation
+
+    x = np.random.default_rng(seed).standard_normal((reps, n))
+    z = (x - np.median(x, axis=1, keepdims=True)) / median_abs_deviation(x, axis=1, scale="normal")[:, None]
+    return float((np.abs(z) > threshold).mean())
+
+
+def test_robust_threshold_holds_the_clean_false_alarm_rate_at_50_clips_as_at_5000():
+    from caspi.audit.scorers import normal_false_alarm_rate, robust_threshold
+
+    nominal = normal_false_alarm_rate(3.0)  # 0.27 %
+    assert _false_alarm_rate(50, 3.0, 8000) > 2 * nominal  # a fixed |z| > 3 at 50 clips: ~0.66 %
+    small = _false_alarm_rate(50, robust_threshold(3.0, 50), 8000)
+    large = _false_alarm_rate(5000, robust_threshold(3.0, 5000), 80)
+    assert 0.75 * nominal < small < 1.25 * nominal and 0.75 * nominal < large < 1.25 * nominal
+    assert float(robust_threshold(3.0, 50_000)) == pytest.approx(3.0, abs=0.01)
+
+
+def test_rate_scorer_threshold_widens_in_a_small_domain():
+    from scipy.stats import norm
+
+    scorer = RateScorer(RateScorerConfig(max_abs_z=3.0, min_domain_samples=20))
+    text = "אבגדהוזחטיכלמנסעפצקרשת"  # 22 letters
+
+    def domain(name, n):  # rates at evenly spaced normal quantiles (median 11, MAD-scale ≈ 1) plus one at z = 3.25
+        rates = 11 + norm.ppf((np.arange(n) + 0.5) / n)
+        rates = np.append(rates, 11 + 3.25)
+        return [sample(f"{name}{i}", text, duration=22 / r, domain=name) for i, r in enumerate(rates)]
+
+    small, large = domain("small", 49), domain("large", 4999)
+    reasons = scorer.flag(small + large, scorer.measure(small + large))
+    assert reasons[len(small) - 1] == [] and reasons[-1] == ["rate_high"]
+
+
+def test_hard_and_soft_reasons():
+    from caspi.audit.scorers import is_hard
+
+    assert all(is_hard(r) for r in ("unreadable", "no_speech", "empty_transcript", "latin_script"))
+    assert not any(is_hard(r) for r in ("rate_low", "rate_high", "text_exceeds_speech", "low_alignment",
+                                        "asr_mismatch", "aligner_low_coverage"))
+    assert RateScorer(RateScorerConfig(max_abs_z=3.0)).false_alarm_rate == pytest.approx(0.0027, abs=1e-4)
+    assert TextScorer(TextScorerConfig()).false_alarm_rate == 0.0

@@ -4,7 +4,6 @@ silence and noise."""
 from __future__ import annotations
 
 import json
-import shutil
 from contextlib import contextmanager
 
 import numpy as np
@@ -16,7 +15,6 @@ from caspi.data import synth
 from caspi.data.cuts import cut_domain, read_manifest
 from caspi.errors import ConfigError, DataError
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
 SR = vad.SAMPLE_RATE
 N_TRAIN, RATE = 24, 0.25  # 6 planted errors, one of each kind: one is silence_or_noise
@@ -36,10 +34,8 @@ def silero(model):
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
+def corpus(tmp_path_factory, espeak):
     """24 espeak-ng clips, 6 per domain, with planted errors: [(cut, audio (T,), planted kind or None)]."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
     out = tmp_path_factory.mktemp("vad-corpus")
     summary = synth.synthesize(out, N_TRAIN, 0, seed=0, error_rate=RATE, workers=1, progress=False)
     planted = {r["id"]: r for r in map(json.loads, summary.planted_errors.read_text().splitlines())}
@@ -91,7 +87,6 @@ def _with_silence(clip: np.ndarray, before_s: float, after_s: float, rng: np.ran
 # Batched probabilities == silero alone
 
 
-@needs_espeak
 @pytest.mark.espeak
 @pytest.mark.parametrize("batch_size", [1, 5, 64])
 def test_batched_probabilities_match_silero_clip_by_clip(corpus, model, batch_size):
@@ -191,7 +186,6 @@ def test_segment_rules_by_hand():
     assert vad.speech_segments(np.array(quiet + [0.9] * 7 + quiet)) == []
 
 
-@needs_espeak
 @pytest.mark.espeak
 def test_segments_match_get_speech_timestamps_on_speech_with_silence_around(corpus, model, silero):
     rng = np.random.default_rng(4)
@@ -213,7 +207,6 @@ def test_segments_match_get_speech_timestamps_on_speech_with_silence_around(corp
 # Measures on speech, silence and noise
 
 
-@needs_espeak
 @pytest.mark.espeak
 def test_measures_on_synthetic_speech_by_domain(corpus, model):
     measures = vad.vad_measures([x for _, x, _ in corpus], model=model)

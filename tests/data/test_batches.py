@@ -18,13 +18,14 @@ from torch.utils.data import DataLoader
 from caspi.data.audio import SAMPLE_RATE
 from caspi.data.batches import (
     AsrBatchDataset,
+    check_targets,
     make_sampler,
     make_spec_augment,
     restore_sampler,
     sampler_state,
     speed_factor,
 )
-from caspi.data.cuts import cut_domain, cut_text, make_cut
+from caspi.data.cuts import cut_domain, cut_text, load_cut_audio, make_cut
 from caspi.errors import AudioError, CheckpointError, ConfigError, DataError
 
 # ---------------------------------------------------------------- helpers
@@ -355,6 +356,67 @@ def test_corrupt_audio_is_a_data_error_naming_cut_and_file(tmp_path, flac_cuts):
 def test_dataset_rejects_bad_speed_factors():
     with pytest.raises(ConfigError, match="speed_factors"):
         AsrBatchDataset(speed_factors=[0.9, 0.0])
+
+
+def test_nan_audio_is_an_audio_error_naming_the_cut(tmp_path, flac_cuts):
+    signal = np.full(SAMPLE_RATE, 0.1, np.float32)
+    signal[100] = np.nan  # a float WAV keeps it; such a clip used to end as "lower the learning rates"
+    sf.write(str(tmp_path / "nan.wav"), signal, SAMPLE_RATE, subtype="FLOAT")
+    bad = make_cut("nan-utt", tmp_path / "nan.wav", SAMPLE_RATE, "שלום")
+    with pytest.raises(AudioError, match="nan-utt") as info:
+        AsrBatchDataset()[flac_cuts + CutSet.from_cuts([bad])]
+    assert info.value.reason == "non_finite"
+
+
+def test_stereo_audio_is_downmixed_like_everywhere_else(tmp_path):
+    t = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
+    stereo = np.stack([0.4 * np.sin(2 * np.pi * 300 * t), 0.1 * np.sin(2 * np.pi * 700 * t)], axis=1)
+    sf.write(str(tmp_path / "stereo.wav"), stereo.astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
+    cut = make_cut("stereo-utt", tmp_path / "stereo.wav", len(t), "שלום")
+    batch = AsrBatchDataset()[CutSet.from_cuts([cut])]
+    np.testing.assert_allclose(batch["audio"][0].numpy(), stereo.mean(axis=1), atol=1e-6)
+    np.testing.assert_array_equal(batch["audio"][0].numpy(), load_cut_audio(cut))  # the shared loader's result
+
+
+def _clip(tmp_path, name: str, seconds: float):
+    signal = np.full(int(seconds * SAMPLE_RATE), 0.05, np.float32)
+    sf.write(str(tmp_path / f"{name}.flac"), signal, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return make_cut(name, tmp_path / f"{name}.flac", len(signal), "שלום")
+
+
+def test_speed_perturbation_never_stretches_a_clip_past_the_window(tmp_path):
+    long, short = _clip(tmp_path, "long", 29.0), _clip(tmp_path, "short", 20.0)
+    dataset = AsrBatchDataset(speed_factors=[0.9], max_seconds=30.0)  # 0.9 would make the 29 s clip 32.2 s
+    batch = dataset[CutSet.from_cuts([long, short])]
+    assert batch["audio_lens"].tolist() == [29 * SAMPLE_RATE, round(20 * SAMPLE_RATE / 0.9)]  # short one stretched
+    assert max(batch["durations"]) <= 30.0
+    unguarded = AsrBatchDataset(speed_factors=[0.9])[CutSet.from_cuts([long])]
+    assert unguarded["durations"][0] > 30.0  # what Whisper used to receive
+    with pytest.raises(AudioError, match="too_long|31.00 s is longer than the model takes") as info:
+        dataset[CutSet.from_cuts([_clip(tmp_path, "over", 31.0)])]
+    assert info.value.reason == "too_long"
+
+
+def test_dataset_from_recipe_holds_clips_to_the_family_window():
+    from pathlib import Path
+
+    from caspi.config import load_recipe
+    from caspi.data.batches import dataset_from_recipe
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    assert dataset_from_recipe(load_recipe(recipes / "whisper-large-v3.yaml")).max_samples == 30 * SAMPLE_RATE
+    assert dataset_from_recipe(load_recipe(recipes / "round2-2xa100.yaml")).max_samples is None  # no fixed window
+
+
+def test_empty_training_transcripts_are_counted_and_named():
+    texts = ["שלום", "", "   ", "\u05b8\u05b4", "\u200f", "טוב", "", " \u05b0 ", "\t"]  # niqqud / RLM only: empty too
+    cuts = CutSet.from_cuts(make_cut(f"c{i}", "/nonexistent.flac", SAMPLE_RATE, t) for i, t in enumerate(texts))
+    with pytest.raises(DataError) as info:
+        check_targets(cuts, "train.jsonl.gz")
+    message = str(info.value)
+    assert "train.jsonl.gz: 7 of 9 training cuts have an empty transcript" in message
+    assert "c1, c2, c3, c4, c6, ..." in message and "c7" not in message  # at most 5 examples
+    check_targets(CutSet.from_cuts(c for c in cuts if c.id in ("c0", "c5")), "ok")  # nothing empty: no error
 
 
 # ---------------------------------------------------------------- SpecAugment

@@ -15,7 +15,6 @@ from caspi.data.manifest import import_source
 from caspi.errors import ConfigError, DataError
 
 SR = 16_000
-SASPEECH = Path("/work/shared/real-hebrew/saspeech/manifest.jsonl")
 
 
 def tone(seconds: float, sr: int = SR, channels: int = 1, freq: float = 220.0) -> np.ndarray:
@@ -358,17 +357,15 @@ def test_missing_column_names_it_and_the_available_ones(tmp_path):
 # ---------------------------------------------------------------------------------------------------- real data
 
 
-def test_real_saspeech_nemo_manifest(tmp_path):
-    if not SASPEECH.is_file():
-        pytest.skip("shared real Hebrew test data not present")
+def test_real_saspeech_nemo_manifest(tmp_path, real_hebrew_manifest):
     out = tmp_path / "saspeech" / "manifest.jsonl.gz"
 
-    result = import_source(SASPEECH, out, progress=False, workers=2)
+    result = import_source(real_hebrew_manifest, out, progress=False, workers=2)
 
     cuts = read_manifest(out)
     declared = {
         json.loads(line)["audio_filepath"]: json.loads(line)["duration"]
-        for line in SASPEECH.read_text(encoding="utf-8").splitlines()
+        for line in real_hebrew_manifest.read_text(encoding="utf-8").splitlines()
     }
     assert (result.kept, result.rejected, result.written, result.warnings) == (17, {}, 17, [])
     assert "audio-Robo_Shaul_1_0017" in {c.id for c in cuts}  # spaces in names made safe

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from caspi.data.cuts import cut_domain, cut_text, read_manifest
 from caspi.data.text import for_training
 from caspi.errors import ConfigError, DependencyError
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
 N_TRAIN, N_EVAL, RATE = 24, 8, 0.25  # 0.25 * 24 = 6 planted errors: each kind exactly once
 HEBREW_LETTER = re.compile("[\u05d0-\u05ea]")
@@ -63,7 +61,6 @@ def clean(tmp_path_factory):
 
 
 @pytest.mark.espeak
-@needs_espeak
 def test_files_formats_and_texts(clean):
     assert clean.n_train == N_TRAIN and clean.n_eval == N_EVAL and clean.n_planted == 0
     assert clean.planted_errors.read_text() == ""
@@ -90,7 +87,6 @@ def test_files_formats_and_texts(clean):
 
 
 @pytest.mark.espeak
-@needs_espeak
 def test_domains_have_their_acoustic_conditions(clean):
     cuts = list(read_manifest(clean.train_manifest)) + list(read_manifest(clean.eval_manifest))
     by_domain = {d: [_audio(c) for c in cuts if cut_domain(c) == d] for d in synth.DOMAINS}
@@ -108,7 +104,6 @@ def test_domains_have_their_acoustic_conditions(clean):
 
 
 @pytest.mark.espeak
-@needs_espeak
 def test_same_seed_is_identical_and_another_seed_differs(planted, tmp_path):
     def snapshot(summary):
         manifests = [gzip.decompress(p.read_bytes()) for p in (summary.train_manifest, summary.eval_manifest)]
@@ -129,7 +124,6 @@ def test_same_seed_is_identical_and_another_seed_differs(planted, tmp_path):
 
 
 @pytest.mark.espeak
-@needs_espeak
 def test_planted_errors_alter_what_they_say(planted, clean):
     records = _planted(planted)
     assert planted.n_planted == len(records) == round(RATE * N_TRAIN)
@@ -270,7 +264,6 @@ def test_missing_espeak_names_the_install_command(tmp_path, monkeypatch):
 
 
 @pytest.mark.espeak
-@needs_espeak
 def test_progress_bar_and_speak(tmp_path, capsys):
     synth.synthesize(tmp_path / "quiet", 4, 0, progress=False)
     assert capsys.readouterr().err == ""

@@ -2,13 +2,12 @@
 
 import gzip
 import json
-import shutil
 
 import pytest
 
 from caspi.cli import main
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+pytestmark = pytest.mark.espeak
 
 
 @pytest.fixture(scope="module")

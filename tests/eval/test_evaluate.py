@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-import shutil
+import re
 
 import jiwer
 import numpy as np
@@ -16,6 +17,7 @@ from caspi.data.cuts import make_cut, write_manifest
 from caspi.data.text import for_scoring
 from caspi.errors import DataError
 from caspi.eval.evaluate import evaluate
+from caspi.eval.report import compare
 
 SENTENCES = ["שלום עולם יפה", "הילד הולך לבית הספר", "מחר נלך לים", "אני אוהב לקרוא ספרים", "הגשם יורד בחוץ"]
 
@@ -113,7 +115,7 @@ def test_compare_refuses_folders_of_different_utterances(tmp_path, capsys):
     assert "2 only in A" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+@pytest.mark.espeak
 def test_eval_of_a_model_folder_decodes_every_clip(tmp_path):
     from caspi.data import synth
     from caspi.models.families import get_family
@@ -126,3 +128,67 @@ def test_eval_of_a_model_folder_decodes_every_clip(tmp_path):
                       max_new_tokens=4, batch_size=4, resamples=50, progress=False)
     assert result.summary["overall"]["utterances"] == 6 and result.summary["decoding"]["clips_per_s"] > 0
     assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == 6
+
+
+def _two_eval_folders(tmp_path, n=12):
+    m = manifest(tmp_path, n=n)
+    for name in ("a", "b"):
+        hyps = {f"utt-{i:03d}": SENTENCES[i % 5] if name == "a" else "x" for i in range(n)}
+        evaluate(m, tmp_path / name, hypotheses=str(write_hyps(tmp_path / f"{name}.jsonl", hyps)), resamples=20,
+                 progress=False)
+    return tmp_path / "a", tmp_path / "b"
+
+
+def test_eval_writes_summary_last_with_the_predictions_record(tmp_path):
+    a, _ = _two_eval_folders(tmp_path)
+    summary = json.loads((a / "summary.json").read_text())
+    data = (a / "predictions.jsonl").read_bytes()
+    assert summary["predictions"] == {"file": "predictions.jsonl", "utterances": 12,
+                                      "sha256": hashlib.sha256(data).hexdigest()}
+    assert sorted(p.name for p in a.iterdir()) == ["predictions.jsonl", "summary.json"]  # no temp files left
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("cut mid-line", r"predictions\.jsonl:12: not a JSON object"),
+    ("garbled line", r"predictions\.jsonl:3: not a JSON object"),
+    ("missing field", r"predictions\.jsonl:2: `ref_words` missing or not a count"),
+    ("last line dropped", r"predictions\.jsonl: not the file summary\.json was written for \(11 records, 12"),
+    ("no summary", r"incomplete eval folder: predictions\.jsonl without summary\.json"),
+])
+def test_compare_names_a_damaged_or_incomplete_eval_folder(tmp_path, capsys, damage, message):
+    a, b = _two_eval_folders(tmp_path)
+    path = b / "predictions.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    if damage == "cut mid-line":
+        path.write_text("".join(lines[:-1]) + lines[-1][:30], encoding="utf-8")
+    elif damage == "garbled line":
+        path.write_text("".join(lines[:2] + ["{not json\n"] + lines[3:]), encoding="utf-8")
+    elif damage == "missing field":
+        record = json.loads(lines[1])
+        del record["ref_words"]
+        path.write_text("".join(lines[:1] + [json.dumps(record) + "\n"] + lines[2:]), encoding="utf-8")
+    elif damage == "last line dropped":
+        path.write_text("".join(lines[:-1]), encoding="utf-8")
+    else:
+        (b / "summary.json").unlink()
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 1
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err and not (tmp_path / "cmp" / "comparison.json").exists()
+
+
+def test_an_interrupted_re_eval_leaves_an_incomplete_folder_not_a_stale_one(tmp_path, monkeypatch):
+    a, b = _two_eval_folders(tmp_path)
+    from caspi.eval import evaluate as evaluate_module
+
+    def killed(path, text):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_module, "write_text_atomic", killed)
+    hyps = {f"utt-{i:03d}": "y" for i in range(12)}
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tmp_path / "eval.jsonl.gz", b, hypotheses=str(write_hyps(tmp_path / "c.jsonl", hyps)),
+                 progress=False)
+    monkeypatch.undo()
+    with pytest.raises(DataError, match="incomplete eval folder"):
+        compare(a, b, tmp_path / "cmp")

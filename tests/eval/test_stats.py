@@ -10,10 +10,13 @@ import pytest
 
 from caspi.data.text import NORMALISERS
 from caspi.errors import ConfigError, DataError
+from caspi.eval.evaluate import summarise
 from caspi.eval.stats import (
     PairedResult,
+    UtteranceCounts,
     benjamini_hochberg,
     bootstrap_ci,
+    macro_bootstrap,
     paired_bootstrap,
     rate,
     utterance_counts,
@@ -201,6 +204,77 @@ def test_bootstrap_ci_contains_point_estimate(resamples):
 def test_bootstrap_ci_rejects_zero_utterances():
     with pytest.raises(DataError):
         bootstrap_ci(np.array([]), np.array([]), resamples=10)
+
+
+# --- macro interval (mean of the domains' rates) ------------------------------------------------------------------
+
+
+def _slow_macro_rates(domains: list[tuple[np.ndarray, np.ndarray]], resamples: int, seed: int) -> np.ndarray:
+    """The textbook macro bootstrap: per resample, each domain draws its own n_d indices with replacement,
+    independently of the others; the macro rate is the mean of the domains' Σe/Σr."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples)
+    for b in range(resamples):
+        rates = []
+        for errors, refs in domains:
+            idx = rng.integers(0, len(errors), len(errors))
+            rates.append(errors[idx].sum() / refs[idx].sum())
+        out[b] = np.mean(rates)
+    return out
+
+
+def _domains_as_counts(domains: list[tuple[np.ndarray, np.ndarray]]) -> tuple[UtteranceCounts, list[str]]:
+    """Word counts of the domains stacked into one UtteranceCounts (the errors as substitutions), with labels."""
+    errors = np.concatenate([e for e, _ in domains])
+    refs = np.concatenate([r for _, r in domains])
+    zeros = np.zeros_like(errors)
+    labels = [f"d{k}" for k, (e, _) in enumerate(domains) for _ in range(len(e))]
+    return UtteranceCounts(errors, zeros, zeros, refs, errors, zeros, zeros, refs), labels
+
+
+@pytest.mark.parametrize("identical", [True, False])
+def test_macro_interval_resamples_domains_independently(identical):
+    # Four domains of 150 utterances. Identical domains are the sharpest case: drawn with the same random numbers
+    # (one seed for every domain, the old code) the four resampled rates are equal in every resample, the macro
+    # rate is one domain's and its interval is as wide as one domain's, twice the independent width (σ/√4).
+    # Width tolerance: the 2.5 % and 97.5 % quantiles of 4,000 resamples each have a Monte-Carlo standard error of
+    # ~2.5 % of the width here (sqrt(p(1-p)/R)/φ(1.96) × σ over a width of 3.92 σ), so 12 % is > 3 SE for the
+    # difference of two estimates, and far from the factor 2 of shared draws. (Domains of unrelated data drawn with
+    # shared weights are barely correlated: that case checks the interval itself, not the independence.)
+    first = _case(n=150, wer=0.2, seed=1)
+    domains = [first] * 4 if identical else [_case(n=150, wer=w, seed=s) for w, s in ((0.1, 1), (0.2, 2), (0.3, 3),
+                                                                                         (0.4, 4))]
+    resamples = 4000
+    slow = _slow_macro_rates(domains, resamples, seed=99)
+    slow_lo, slow_hi = np.quantile(slow, [0.025, 0.975])
+
+    counts, labels = _domains_as_counts(domains)
+    summary = summarise(counts, labels, resamples=resamples, seed=5)
+    lo, hi = summary["overall"]["wer_macro_ci95"]
+    assert summary["overall"]["wer_macro"] == pytest.approx(np.mean([rate(e, r) for e, r in domains]))
+    assert (hi - lo) == pytest.approx(slow_hi - slow_lo, rel=0.12)
+    assert lo == pytest.approx(slow_lo, abs=0.12 * (slow_hi - slow_lo))
+    if identical:
+        one_domain = summary["domains"]["d0"]["wer_ci95"]
+        assert (hi - lo) < 0.6 * (one_domain[1] - one_domain[0])  # ~0.5: four independent domains average out
+        # each domain has its own stream, so identical domains still get different (equally valid) intervals
+        assert len({tuple(summary["domains"][f"d{k}"]["wer_ci95"]) for k in range(4)}) == 4
+
+
+def test_macro_bootstrap_is_deterministic_and_matches_per_domain_intervals():
+    domains = [_case(n=80, wer=w, seed=s) for w, s in ((0.1, 1), (0.3, 2))]
+    counts, labels = _domains_as_counts(domains)
+    masks = [np.asarray(labels) == f"d{k}" for k in range(2)]
+    per_domain, ci = macro_bootstrap(counts.word_errors, counts.ref_words, masks, resamples=500, seed=3)
+    assert [r.shape for r in per_domain] == [(500,), (500,)]
+    assert macro_bootstrap(counts.word_errors, counts.ref_words, masks, resamples=500, seed=3)[1] == ci
+    assert macro_bootstrap(counts.word_errors, counts.ref_words, masks, resamples=500, seed=4)[1] != ci
+    assert np.corrcoef(per_domain[0], per_domain[1])[0, 1] == pytest.approx(0, abs=0.15)  # independent streams
+    summary = summarise(counts, labels, resamples=500, seed=3)
+    assert summary["overall"]["wer_macro_ci95"] == list(ci)
+    for k in range(2):
+        want = np.quantile(per_domain[k], [0.025, 0.975])
+        assert summary["domains"][f"d{k}"]["wer_ci95"] == pytest.approx(want, rel=1e-12)
 
 
 # --- paired_bootstrap ---------------------------------------------------------------------------------------------

@@ -361,3 +361,70 @@ def test_whisper_rejects_clips_over_30_s(whisper):
     family, _, processor = whisper
     with pytest.raises(DataError, match="clip 0 is 31.00 s"):
         family.build_inputs(processor, [np.zeros(31 * SR, np.float32) + 0.01], ["טקסט"])
+
+
+# --- the recipe's model.language and the family's audio window --------------------------------------------------
+
+
+class GenerateSpy:
+    """Wraps `model.generate` and records the keyword arguments of each call."""
+
+    def __init__(self, model):
+        self.model, self.calls, self.original = model, [], model.generate
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(kwargs)
+        return self.original(*args, **kwargs)
+
+
+def test_qwen_language_sets_the_prefill_tag():
+    family = get_family("qwen3_asr")
+    model, processor = family.tiny(TEXTS, seed=0, size="xs", language="English")  # the tag's letters join the vocab
+    tok = processor.tokenizer
+    english = family.build_inputs(processor, AUDIO[:1], TEXTS[:1], language="English")
+    hebrew = family.build_inputs(processor, AUDIO[:1], TEXTS[:1])
+    span = english["labels"][0][english["labels"][0] != -100]
+    assert tok.decode(span) == f"language English<asr_text>{TEXTS[0]}<|im_end|>"
+    assert tok.unk_token_id not in english["input_ids"][0].tolist()
+    assert not torch.equal(english["input_ids"], hebrew["input_ids"])  # the tokens change with the language
+    prompt = family.build_inputs(processor, AUDIO[:1], None, padding_side="left", language="English")
+    assert tok.decode(prompt["input_ids"][0]).endswith("assistant\nlanguage English<asr_text>")
+    spy = GenerateSpy(model)
+    model.generate = spy
+    try:
+        family.decode(model, processor, AUDIO[:1], max_new_tokens=2, language="English", num_beams=2)
+    finally:
+        del model.generate
+    (call,) = spy.calls
+    assert call["num_beams"] == 2
+    assert tok.decode(call["input_ids"][0]).endswith("language English<asr_text>")
+
+
+def test_whisper_language_sets_the_language_token(whisper):
+    family, model, processor = whisper
+    tok = processor.tokenizer
+    labels = family.build_inputs(processor, AUDIO[:1], TEXTS[:1], language="English")["labels"][0]
+    assert tok.decode(labels[labels != -100]).startswith("<|en|><|transcribe|><|notimestamps|>")
+    labels = family.build_inputs(processor, AUDIO[:1], TEXTS[:1])["labels"][0]  # default: Hebrew
+    assert tok.decode(labels[labels != -100]).startswith("<|he|><|transcribe|>")
+    spy = GenerateSpy(model)
+    model.generate = spy
+    try:
+        family.decode(model, processor, AUDIO[:1], max_new_tokens=2, language="ar", num_beams=2)
+    finally:
+        del model.generate
+    (call,) = spy.calls
+    assert (call["language"], call["num_beams"]) == ("ar", 2)
+
+
+def test_language_tags_and_audio_windows_per_family():
+    whisper, qwen = get_family("whisper"), get_family("qwen3_asr")
+    assert [whisper.language_tag(x) for x in (None, "Hebrew", "hebrew", "he", "<|he|>", "English")] == [
+        "he", "he", "he", "he", "he", "en"]
+    with pytest.raises(ConfigError, match="model.language: 'Klingon'"):
+        whisper.language_tag("Klingon")
+    assert (qwen.language_tag(None), qwen.language_tag(" Yiddish ")) == ("Hebrew", "Yiddish")
+    for bad in ("", "a\nb", "x<asr_text>"):
+        with pytest.raises(ConfigError, match="model.language"):
+            qwen.language_tag(bad)
+    assert (whisper.max_audio_seconds, qwen.max_audio_seconds) == (30.0, None)

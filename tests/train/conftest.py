@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,7 @@ from caspi.data import synth
 
 
 @pytest.fixture(scope="session")
-def train_corpus(tmp_path_factory) -> Path:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("needs espeak-ng")
+def train_corpus(tmp_path_factory, espeak) -> Path:
     out = tmp_path_factory.mktemp("train-corpus")
     synth.synthesize(out, 32, 8, seed=5, error_rate=0.0, workers=2, progress=False, min_words=2, max_words=4)
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,7 @@ def snapshot(step: int, micro: int = 0, seed: int = 0) -> ckpt.Snapshot:
         p.grad = torch.ones_like(p)
     opt.step()
     rank_state = {
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                "cuda": None},
+        "rng": ckpt.capture_rng(),
         "sampler": {"epoch": 2, "kept_batches": 5, "seed": 1},
         "grads": {"proj.bias": torch.full((4,), 0.5)} if micro else {},
         "pending_loss": torch.tensor([1.5, 1.2, 0.3]),
@@ -69,10 +69,12 @@ def test_save_load_round_trip(tmp_path):
     assert rs["sampler"] == snap.rank_state["sampler"]
     assert torch.equal(rs["grads"]["proj.bias"], snap.rank_state["grads"]["proj.bias"])
     assert torch.equal(rs["pending_loss"], snap.rank_state["pending_loss"])
-    assert torch.equal(rs["rng"]["torch"], snap.rank_state["rng"]["torch"])
-    assert rs["rng"]["python"] == snap.rank_state["rng"]["python"]
-    saved_np, loaded_np = snap.rank_state["rng"]["numpy"], rs["rng"]["numpy"]
-    assert saved_np[0] == loaded_np[0] and np.array_equal(saved_np[1], loaded_np[1]) and saved_np[2:] == loaded_np[2:]
+    assert rs["rng"].keys() == snap.rank_state["rng"].keys()
+    draws = []
+    for rng in (snap.rank_state["rng"], rs["rng"]):
+        ckpt.restore_rng(rng)
+        draws.append((random.random(), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3).tolist()))
+    assert draws[0] == draws[1]
     # State: what was given plus the writer's additions.
     assert {k: back.state[k] for k in snap.state} == snap.state
     assert back.state["world_size"] == 1 and "saved_at" in back.state
@@ -269,3 +271,51 @@ def test_a_resave_killed_between_its_renames_gets_its_old_copy_back(tmp_path):
     assert ckpt.clean_partial(tmp_path) == []
     assert ckpt.find_latest(tmp_path) == tmp_path / "step-000003"
     assert ckpt.load_checkpoint(tmp_path / "step-000003").state["step"] == 3
+
+
+# ---------------------------------------------------------------------------------------------- shared run folders
+
+
+class _Trap:
+    """Unpickling this calls `open(marker, "w")`: the marker appearing means the pickle was executed."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("filename", [ckpt.OPTIMIZER_FILE, "rank-0.pt"])
+def test_a_booby_trapped_pickle_is_refused_by_name_and_never_run(tmp_path, filename):
+    folder = save(tmp_path, 1)
+    marker = tmp_path / "PWNED"
+    torch.save({"state": {}, "payload": _Trap(marker)}, folder / filename)
+    with pytest.raises(CheckpointError, match=rf"cannot read checkpoint file {re.escape(filename)}.*never loads"):
+        ckpt.load_checkpoint(folder)
+    state, weights = ckpt.load_weights(folder)  # eval/export: safetensors and JSON only
+    assert state["step"] == 1 and set(weights) == {"proj.weight", "proj.bias"}
+    assert not marker.exists()
+
+
+def test_save_refuses_state_that_weights_only_could_not_load(tmp_path):
+    snap = snapshot(1)
+    snap.rank_state["rng"]["numpy"] = np.random.get_state()  # the legacy tuple holds a numpy array
+    with pytest.raises(AssertionError, match=r"rank-0\.pt\.rng\.numpy\[1\]: ndarray"):
+        ckpt.save_checkpoint(tmp_path, snap)
+
+
+def test_replace_folder_and_recovery_after_a_kill_between_renames(tmp_path):
+    final, new = tmp_path / "out", tmp_path / ".tmp-new"
+    final.mkdir()
+    (final / "v").write_text("old")
+    new.mkdir()
+    (new / "v").write_text("new")
+    ckpt.replace_folder(new, final)
+    assert (final / "v").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    os.replace(final, tmp_path / ".tmp-old-out")  # killed after the first rename of a later replacement
+    ckpt.recover_aside(final, lambda aside: False)  # not recognised as ours: left alone
+    assert not final.exists()
+    ckpt.recover_aside(final, lambda aside: (aside / "v").is_file())
+    assert (final / "v").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -20,6 +20,10 @@ from caspi.train.export import load_run
 # Losses of the first 6 optimizer steps of `make_recipe()` with train.max_steps=6, recorded from this code on
 # CPU (torch 2.13, transformers 5.23, espeak-ng 1.51). A change that moves them changed what the loop computes.
 GOLDEN = [4.03911, 4.05110, 3.60332, 3.84946, 3.78309, 3.80324]
+# Optimizer steps of the Whisper learning test (one 4-clip batch per epoch). Measured on 2 busy cores with the
+# tiny "xs" Whisper at lr 1e-2: 150 steps take the loss from 7.5 to 0.017 and the CER to 0.0; 100 steps leave CER
+# 0.63 (the cosine decay ends before the four clips are told apart).
+EPOCHS_WHISPER = 150
 
 
 def train_cli(recipe, out, *extra) -> int:
@@ -136,6 +140,44 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(make_recipe, read_run, t
     assert sum(r["kind"] == "event" and r["event"] == "nonfinite" for r in records) == 4
 
 
+def test_a_nonfinite_gradient_with_a_finite_loss_skips_the_update(make_recipe, tmp_path, monkeypatch, capsys):
+    """The loss is finite but one gradient is infinite (an overflow in backward only): the step must be skipped,
+    counted and logged, and the weights left as they were; the next finite step trains again."""
+    original_fb, original_step = loop.TrainingRun._forward_backward, loop.TrainingRun._optimizer_step
+    poisoned_step = 2  # the optimizer step (1-based) whose gradient is poisoned
+    seen = {}
+
+    def poisoned(self, batch, sync):
+        result = original_fb(self, batch, sync)
+        if self.step + 1 == poisoned_step:
+            param = next(p for p in self._trainable_params() if p.grad is not None)
+            param.grad[(0,) * param.grad.dim()] = float("inf")  # one element: the loss stays finite
+        return result
+
+    def watched(self, step_loss, n_micro):
+        params = [p.detach().clone() for p in self._trainable_params()]
+        loss = original_step(self, step_loss, n_micro)
+        unchanged = all(torch.equal(a, b) for a, b in zip(params, self._trainable_params()))
+        seen[self.step + 1] = (loss, bool(torch.isfinite(step_loss).all()), unchanged, self.bad_steps)
+        return loss
+
+    monkeypatch.setattr(loop.TrainingRun, "_forward_backward", poisoned)
+    monkeypatch.setattr(loop.TrainingRun, "_optimizer_step", watched)
+    assert train_cli(make_recipe(train={"max_bad_steps": 3}), tmp_path / "run", "train.max_steps=4") == 0
+    assert f"step {poisoned_step}: loss" in capsys.readouterr().err  # the user is told
+    loss, finite_loss, unchanged, bad_steps = seen[poisoned_step]
+    assert loss is None and finite_loss and unchanged and bad_steps == 1  # skipped and counted
+    assert all(seen[s][0] is not None and not seen[s][2] and seen[s][3] == 0 for s in (1, 3, 4))  # others trained
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_records = {r["step"]: r for r in records if r["kind"] == "train"}
+    assert [s for s, r in train_records.items() if r["skipped"]] == [poisoned_step]
+    poisoned_record = train_records[poisoned_step]
+    # the tracker writes non-finite numbers as strings ("inf"), which JSON has no literal for
+    assert math.isfinite(poisoned_record["loss"]) and not math.isfinite(float(poisoned_record["grad_norm"]))
+    events = [r for r in records if r["kind"] == "event" and r["event"] == "nonfinite"]
+    assert len(events) == 1 and "grad norm inf" in events[0]["message"] and "1 in a row" in events[0]["message"]
+
+
 def test_oom_halves_the_micro_batch_and_keeps_the_gradient(make_recipe, read_run, tmp_path, monkeypatch, capsys):
     recipe = make_recipe()
     assert train_cli(recipe, tmp_path / "ref", "train.max_steps=4") == 0
@@ -228,16 +270,33 @@ def test_export_loads_with_from_pretrained_and_decodes_the_same(make_recipe, tmp
     assert any(".lora_A." in n for n in weights) and not any("base_layer" in n for n in weights)
 
 
-def test_whisper_family_trains_through_the_same_loop(make_recipe, read_run, tmp_path):
+def test_whisper_family_learns_four_clips_through_the_same_loop(train_corpus, make_recipe, read_run, tmp_path):
+    """Whisper through the Qwen3-ASR loop (phases, groups, eval): four different sentences memorised from their
+    audio. The loss must fall by far more than noise and the decode of the four clips must come close to their
+    transcripts; a loop that did not train, or trained only a text prior, could not write four different texts."""
+    from caspi.data.cuts import read_manifest, write_manifest
+
+    cuts = read_manifest(train_corpus / "train.jsonl.gz").subset(first=4)
+    write_manifest(cuts, tmp_path / "four.jsonl.gz")
+    four = str(tmp_path / "four.jsonl.gz")
     recipe = make_recipe(
         model={"family": "whisper", "tiny": "xs", "name_or_path": "openai/whisper-large-v3"},
-        unfreeze={"groups": {"decoder_top": {"top": 1}, "encoder_top": {"top": 1}},
-                  "phases": [{"name": "B", "start_epoch": 1, "lr": {"decoder_top": 1e-3}},
-                             {"name": "A", "start_epoch": 2, "lr": {"decoder_top": 1e-3, "encoder_top": 1e-3}}]},
+        data={"train_manifest": four, "eval_manifest": four},
+        train={"epochs": EPOCHS_WHISPER, "micro_batch": 4, "effective_batch": 4, "warmup_steps": 10,
+               "save_every_steps": 1000, "log_every_steps": 5, "ctc_aux_weight": 0.0},
+        unfreeze={"groups": {"decoder_top": {"top": 1}, "encoder_top": {"top": 1}, "all": {}},
+                  "phases": [{"name": "B", "start_epoch": 1, "lr": {"decoder_top": 1e-2}},
+                             {"name": "A", "start_epoch": 2, "lr": {"all": 1e-2}}]},
+        augment={"speed_factors": [1.0], "spec_augment": {"enabled": False}},
+        # 60 tokens: the byte-level tokenizer spends 2 per Hebrew letter; the longest of the four has 22 characters
+        eval={"every_steps": EPOCHS_WHISPER, "samples": 4, "batch_size": 4, "max_new_tokens": 60},
     )
-    assert train_cli(recipe, tmp_path / "run", "train.max_steps=3") == 0
+    assert train_cli(recipe, tmp_path / "run") == 0
     losses = [x for _, x in read_run.losses(tmp_path / "run")]
-    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.05 * losses[0], losses  # measured: 7.5 → 0.017
+    cers = [r["cer"] for r in read_run.evals(tmp_path / "run")]
+    assert cers[-1] <= 0.2, cers  # measured: 0.0
 
 
 def test_tracking_tensorboard_and_wandb_offline_write_no_secrets(make_recipe, tmp_path, monkeypatch):

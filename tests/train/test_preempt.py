@@ -1,8 +1,10 @@
 """Preemption: SIGTERM/SIGUSR1 only set a flag, restore() puts the old handlers back, and the SLURM requeue
-request reports each outcome (requeued, failed, scontrol missing, not under SLURM) without raising."""
+request reports each outcome (requeued, failed, scontrol missing, not under SLURM) without raising. Ctrl+C (SIGINT)
+stops like SIGTERM, without a requeue; a second Ctrl+C aborts at once."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -12,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from caspi.train import checkpoint as ckpt
 from caspi.train import preempt
-from caspi.train.preempt import PREEMPT_SIGNALS, PreemptionFlag, request_requeue
+from caspi.train.preempt import PREEMPT_SIGNALS, PreemptionFlag, ignore_interrupt_in_worker, request_requeue
 
 
 @pytest.fixture
@@ -158,3 +161,79 @@ def test_missing_scontrol(monkeypatch, tmp_path):
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert request_requeue() == "SLURM job 4242: scontrol not found, cannot requeue (resubmit the job to resume)"
+
+
+# ---------------------------------------------------------------------------------------------- Ctrl+C (SIGINT)
+
+
+def test_first_ctrl_c_requests_a_stop_and_a_second_raises_keyboard_interrupt(original_handlers, capfd):
+    flag = PreemptionFlag().install()
+    try:
+        send_and_wait(flag, signal.SIGINT)  # the process survives the first one
+        assert (flag.name, flag.requeue_wanted) == ("SIGINT", False)  # a person's stop: no SLURM requeue
+        assert "press Ctrl+C again to abort without saving" in capfd.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises here, long before 5 s
+    finally:
+        flag.restore()
+
+
+def test_scheduler_signals_want_a_requeue(original_handlers):
+    flag = PreemptionFlag().install()
+    try:
+        assert not flag.requeue_wanted
+        send_and_wait(flag, signal.SIGTERM)
+        assert flag.requeue_wanted
+    finally:
+        flag.restore()
+
+
+def test_dataloader_workers_ignore_ctrl_c(original_handlers):
+    ignore_interrupt_in_worker(0)
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def _kill_resume():
+    """The trainer-subprocess helpers of test_kill_resume.py (start, wait_for, logged_steps, finish). The suite runs
+    with --import-mode=importlib, where a sibling test module is not importable by name: load it by path."""
+    path = Path(__file__).with_name("test_kill_resume.py")
+    spec = importlib.util.spec_from_file_location("_kill_resume_helpers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ctrl_c_saves_like_sigterm_without_requeue_and_resumes_exactly(reference_run, read_run, tmp_path):
+    kr = _kill_resume()
+    recipe, ref_dir, _ = reference_run
+    run = tmp_path / "run"
+    fake_scontrol(tmp_path / "bin", tmp_path / "calls.txt")  # under SLURM: a SIGTERM stop would requeue
+    env = {"SLURM_JOB_ID": "4242", "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = kr.start(recipe, run, env=env)
+    kr.wait_for(lambda: kr.logged_steps(run) >= 3, proc, "3 logged steps")
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=kr.TIMEOUT)
+    assert proc.returncode == 143, output  # saved and stopped, resumable: the same exit as SIGTERM
+    assert "press Ctrl+C again to abort without saving" in output and "SIGINT received: saved" in output, output
+    assert not (tmp_path / "calls.txt").exists()  # no `scontrol requeue` after a person's Ctrl+C
+    kr.finish(recipe, run)
+    assert read_run.losses(run) == read_run.losses(ref_dir)
+
+
+def test_second_ctrl_c_aborts_without_waiting_for_the_save(make_recipe, tmp_path):
+    kr = _kill_resume()
+    recipe = make_recipe("abort", train={"save_every_steps": 1000}, data={"eval_manifest": None})  # no other saves
+    run, root = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    proc = kr.start(recipe, run, env={"CASPI_TEST_SLOW_CHECKPOINT_S": "3"})  # each checkpoint file: +3 s
+    kr.wait_for(lambda: kr.logged_steps(run) >= 2, proc, "2 logged steps")
+    proc.send_signal(signal.SIGINT)
+    kr.wait_for(lambda: root.is_dir() and any(p.name.startswith(".tmp-step-") for p in root.iterdir()), proc,
+                "the Ctrl+C checkpoint write")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=kr.TIMEOUT)
+    assert proc.returncode == 130, output
+    assert time.monotonic() - sent < 2.5, output  # before the slowed save could finish a single file
+    assert "caspi: interrupted" in output and "received: saved" not in output, output
+    assert ckpt.find_latest(root) is None  # the half-written checkpoint is not taken for a complete one

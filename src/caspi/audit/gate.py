@@ -18,19 +18,77 @@ from caspi.errors import GateError
 PROCEED, CAUTION, STOP = "PROCEED", "CAUTION", "STOP"
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion k/n, as fractions. Better than the normal approximation at
-    the small shares (a few %) and sample sizes (hundreds) an audit works with: it never leaves [0, 1]."""
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile (scipy.stats.norm.ppf(0.975))
+
+
+def wilson_interval(k: int, n: int) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k/n, as fractions (scipy's). Better than the normal approximation
+    at the small shares (a few %) and sample sizes (hundreds) an audit works with: it never leaves [0, 1]."""
+    from scipy.stats import binomtest
+
     if n <= 0:
         raise ValueError("wilson_interval needs n > 0")
-    p = k / n
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _wilson_share(p: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson's interval for a share p observed on a (possibly fractional) effective sample size n, which scipy's
+    binomtest (integer k, n) cannot take."""
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # At k = 0 or k = n the bound is exactly 0 or 1; the float formula lands a rounding error away.
-    lo = 0.0 if k == 0 else max(0.0, centre - half)
-    hi = 1.0 if k == n else min(1.0, centre + half)
-    return lo, hi
+    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / denom
+    # At p = 0 or 1 the bound is exactly 0 or 1; the float formula lands a rounding error away.
+    return (0.0 if p <= 0 else max(0.0, centre - half)), (1.0 if p >= 1 else min(1.0, centre + half))
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """One stratum (domain) of the audit's sample: `population` samples in the manifest, `sampled` of them scored,
+    `bad` of those counted low quality (may be fractional: soft flags net of expected false alarms)."""
+
+    population: int
+    sampled: int
+    bad: float
+
+
+@dataclass(frozen=True)
+class StratifiedEstimate:
+    share: float  # estimated low-quality share of the manifest, a fraction
+    ci95: tuple[float, float]
+    design_effect: float  # variance of the stratified estimate / that of a simple random sample of the same size
+    effective_samples: float  # sampled / design effect: the n that Wilson's interval is computed on
+
+
+def stratified_share(strata: list[Stratum]) -> StratifiedEstimate:
+    """The share of bad samples in the manifest, from a sample stratified by domain, with a 95 % interval.
+
+    Estimate (post-stratified): p̂ = Σ W_h p_h, with W_h = N_h / N the stratum's share of the manifest and p_h its
+    sampled share. With proportional allocation (or every sample scored) this is the raw sample share; with seed
+    001's 40/40/20 mix or `audit.domain_shares` it undoes the over-sampling of some domains.
+
+    Interval: Wilson's score interval on the effective sample size n_eff = n / deff (Kish), where the design effect
+    deff = Var_strat / Var_srs, Var_strat = Σ W_h² p_h (1 − p_h) / n_h and Var_srs = p̂ (1 − p̂) / n (Korn &
+    Graubard 1998). Wilson rather than p̂ ± 1.96·√Var_strat because audit shares are small (a few %) and strata
+    small: the normal interval then dips below 0 and is too short on the side that decides a STOP. deff is
+    floored at 1 (taken as 1 when p̂ is 0 or 1, where the sample carries no variance to compare), so a stratified
+    sample never claims more precision than a simple random sample of its size: with proportional allocation the
+    interval is exactly the plain Wilson interval. No finite-population correction: the flags themselves are
+    noisy measurements, and a whole-manifest audit (`--all`) should not report a zero-width interval.
+    """
+    strata = [s for s in strata if s.sampled > 0]
+    if not strata:
+        raise ValueError("stratified_share needs at least one sampled stratum")
+    total = sum(s.population for s in strata)
+    n = sum(s.sampled for s in strata)
+    weights = [s.population / total for s in strata]
+    shares = [s.bad / s.sampled for s in strata]
+    p = sum(w * q for w, q in zip(weights, shares))
+    var = sum(w * w * q * (1 - q) / s.sampled for w, q, s in zip(weights, shares, strata))
+    srs = p * (1 - p) / n
+    deff = max(1.0, var / srs) if srs > 0 else 1.0
+    n_eff = n / deff
+    return StratifiedEstimate(p, _wilson_share(p, n_eff), deff, n_eff)
 
 
 def decide(low_quality_percentage: float, proceed_below: float = 10.0, stop_above: float = 15.0) -> str:

@@ -8,9 +8,12 @@ The pieces, in the order a batch meets them:
    `world_size`/`rank`, so it needs no initialised process group.
 2. `sampler_state` / `restore_sampler` save and restore the sampler for exact resume (Lhotse replays the epoch's
    batch selection from metadata up to the saved point).
-3. `AsrBatchDataset` (Lhotse style: `dataset[cuts] -> dict`) loads audio, applies speed perturbation chosen by
-   `speed_factor(cut_id, factors, seed, epoch)` (a pure function, so a resumed run makes the same choices), and
-   zero-pads the batch. Feature extraction is model-family specific and is the optional `transform`.
+3. `AsrBatchDataset` (Lhotse style: `dataset[cuts] -> dict`) loads audio through `caspi.data.cuts.load_cut_audio`
+   (the loader import, audit and eval use: 16 kHz, channels averaged, NaN/inf refused naming the cut), applies
+   speed perturbation chosen by `speed_factor(cut_id, factors, seed, epoch)` (a pure function, so a resumed run
+   makes the same choices) unless it would stretch the clip past the model's window, and zero-pads the batch.
+   Feature extraction is model-family specific and is the optional `transform`. `check_targets` refuses a
+   training set with empty transcripts before any model work.
 4. `make_spec_augment` builds SpecAugment for feature batches (B, T, F), applied in the training process in
    train mode only.
 
@@ -50,7 +53,7 @@ from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
 from lhotse.dataset.signal_transforms import mask_along_axis_optimized, time_warp
 
 from caspi.data.audio import SAMPLE_RATE
-from caspi.data.cuts import cut_domain, cut_text
+from caspi.data.cuts import cut_domain, cut_text, load_cut_audio
 from caspi.data.text import for_training
 from caspi.errors import AudioError, CheckpointError, ConfigError, DataError
 
@@ -265,20 +268,6 @@ def speed_factor(cut_id: str, factors: Sequence[float], seed: int, epoch: int) -
     return factors[int.from_bytes(digest, "little") % len(factors)]
 
 
-def _audio_path(cut) -> str:
-    recording = getattr(cut, "recording", None)
-    if recording is None or not recording.sources:
-        return "<no recording>"
-    return str(recording.sources[0].source)
-
-
-def _short_reason(exc: Exception) -> str:
-    """One line from a (possibly multi-line) Lhotse loading error, naming the underlying failure."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    detail = next((line for line in lines if line.startswith("Exception #0")), lines[0] if lines else "")
-    return f"{type(exc).__name__}: {detail}"[:300]
-
-
 class AsrBatchDataset(torch.utils.data.Dataset):
     """Lhotse-style map dataset: `dataset[cuts]` loads and collates one micro-batch chosen by the sampler.
 
@@ -292,7 +281,10 @@ class AsrBatchDataset(torch.utils.data.Dataset):
     and then whatever `transform(batch)` makes of it (feature extraction, tokenisation).
 
     Speed perturbation (`speed_factors`, e.g. [0.9, 1.0, 1.1]) uses Lhotse's `cut.perturb_speed` (resampling
-    with scipy); the factor is `speed_factor(cut id, factors, seed, epoch)`. Call `set_epoch(e)` before creating
+    with scipy); the factor is `speed_factor(cut id, factors, seed, epoch)`. With `max_seconds` (the model
+    family's window, e.g. Whisper's 30 s) a factor that would stretch a clip past it is skipped (the clip keeps
+    its speed), and a clip already longer is an `AudioError`: the dataset never yields one. Call `set_epoch(e)`
+    before creating
     the DataLoader iterator for that epoch: worker processes receive a copy of the dataset at that moment, so do
     not combine this with `persistent_workers=True`.
     """
@@ -303,35 +295,41 @@ class AsrBatchDataset(torch.utils.data.Dataset):
         speed_factors: Sequence[float] | None = None,
         seed: int = 0,
         for_training_text: bool = True,
+        max_seconds: float | None = None,
     ):
         if not _is_int(seed):
             raise ConfigError(f"seed: expected an integer, got {seed!r}")
+        if max_seconds is not None and not _is_positive_number(max_seconds):
+            raise ConfigError(f"max_seconds: expected seconds > 0 or None, got {max_seconds!r}")
         self.transform = transform
         self.speed_factors = check_speed_factors(speed_factors) if speed_factors else None
         self.seed = int(seed)
         self.for_training_text = for_training_text
+        self.max_samples = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)  # at 16 kHz
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that, with the seed and cut id, decides each cut's speed factor."""
         self.epoch = int(epoch)
 
-    def _load(self, cut) -> np.ndarray:
-        """(T,) float32 at 16 kHz; any decoding failure becomes an AudioError naming the cut and its file."""
-        try:
-            samples = cut.load_audio()  # (channels, T)
-        except Exception as exc:  # noqa: BLE001 - libsndfile, audioread and Lhotse raise many types
+    def _perturbed(self, cut, cut_id: str):
+        """The cut at this epoch's speed factor, or unchanged when the factor would stretch it past `max_seconds`
+        (Lhotse's own sample count, so the check needs no audio)."""
+        if self.max_samples is not None and cut.num_samples > self.max_samples:
             raise AudioError(
-                f"cut {cut.id}: cannot load audio from {_audio_path(cut)} ({_short_reason(exc)})",
-                reason="unreadable",
-            ) from None
-        if samples.ndim != 2 or samples.shape[0] != 1 or samples.shape[1] == 0:
-            raise AudioError(
-                f"cut {cut.id}: expected mono audio with samples from {_audio_path(cut)}, got shape "
-                f"{tuple(samples.shape)}",
-                reason="empty" if samples.size == 0 else "unreadable",
+                f"cut {cut_id}: {cut.duration:.2f} s is longer than the model takes "
+                f"({self.max_samples / SAMPLE_RATE:g} s); remove it from the manifest (for training, "
+                "data.max_duration filters it)",
+                reason="too_long",
             )
-        return samples[0]
+        factor = speed_factor(cut_id, self.speed_factors, self.seed, self.epoch) if self.speed_factors else 1.0
+        if factor == 1.0:
+            return cut
+        # Renames the cut (`<id>_sp0.9`) and scales its duration by 1/factor; supervisions follow.
+        perturbed = cut.perturb_speed(factor)
+        if self.max_samples is not None and perturbed.num_samples > self.max_samples:
+            return cut
+        return perturbed
 
     def __getitem__(self, cuts: CutSet) -> dict:
         ids, texts, domains, signals = [], [], [], []
@@ -342,12 +340,9 @@ class AsrBatchDataset(torch.utils.data.Dataset):
             domains.append(cut_domain(cut))
             if cut.sampling_rate != SAMPLE_RATE:
                 cut = cut.resample(SAMPLE_RATE)
-            if self.speed_factors is not None:
-                factor = speed_factor(cut_id, self.speed_factors, self.seed, self.epoch)
-                if factor != 1.0:
-                    # Renames the cut (`<id>_sp0.9`) and scales its duration by 1/factor; supervisions follow.
-                    cut = cut.perturb_speed(factor)
-            signals.append(self._load(cut))
+            # (T,) float32 at 16 kHz, channels averaged; unreadable, empty or NaN/inf audio is an AudioError
+            # naming the original cut id and its file.
+            signals.append(load_cut_audio(self._perturbed(cut, cut_id), label=f"cut {cut_id}"))
         if not signals:
             raise DataError("received an empty batch of cuts")
 
@@ -505,11 +500,28 @@ def sampler_from_recipe(recipe, cuts: CutSet, *, world_size: int = 1, rank: int 
 
 
 def dataset_from_recipe(recipe, transform=None, train: bool = True) -> AsrBatchDataset:
-    """The batch dataset: speed perturbation with `augment.speed_factors` in training, none in evaluation."""
+    """The batch dataset: speed perturbation with `augment.speed_factors` in training, none in evaluation; clips
+    held to the model family's window (`max_audio_seconds`)."""
+    from caspi.models.families import get_family
+
     factors = recipe.augment.speed_factors if train else None
     if factors is not None and set(factors) <= {1.0}:
         factors = None  # [] or [1.0]: perturbation off
-    return AsrBatchDataset(transform=transform, speed_factors=factors, seed=recipe.train.seed)
+    return AsrBatchDataset(transform=transform, speed_factors=factors, seed=recipe.train.seed,
+                           max_seconds=get_family(recipe.model.family).max_audio_seconds)
+
+
+def check_targets(cuts: CutSet, source: str) -> None:
+    """Refuse training cuts whose transcript is empty in its training form (`for_training`: whitespace only, or only
+    niqqud and invisible characters): the model would learn to emit nothing for speech. One `DataError` with the
+    count and up to 5 ids, raised before any model is built. `source` names the manifest in the message."""
+    empty = [cut.id for cut in cuts if not for_training(cut_text(cut)).strip()]
+    if empty:
+        examples = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        raise DataError(
+            f"{source}: {len(empty)} of {len(cuts)} training cuts have an empty transcript (after normalisation), "
+            f"e.g. {examples}; remove them (the Phase 0 audit's cleaned manifest drops them) or fix their text"
+        )
 
 
 def spec_augment_from_recipe(recipe) -> BatchSpecAugment | None:

@@ -76,10 +76,25 @@ def load_cut_audio(cut, label: str | None = None) -> np.ndarray:
             cut = cut.resample(SAMPLE_RATE)
         samples = cut.load_audio()  # (C, T)
     except Exception as exc:  # noqa: BLE001 - Lhotse, libsndfile and audioread raise many types
-        raise AudioError(f"{label}: cannot load audio ({type(exc).__name__}: {exc})") from None
+        raise AudioError(f"{label}: cannot load audio from {_audio_path(cut)} ({_short_reason(exc)})") from None
     mono = samples.mean(axis=0).astype(np.float32)  # (T,)
     check_samples(mono, label)
     return mono
+
+
+def _audio_path(cut) -> str:
+    recording = getattr(cut, "recording", None)
+    if recording is None or not recording.sources:
+        return "<no recording>"
+    return str(recording.sources[0].source)
+
+
+def _short_reason(exc: Exception) -> str:
+    """One line from a (possibly multi-line) Lhotse loading error, naming the underlying failure: Lhotse's message
+    lists every backend it tried and dumps the whole cut."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines if line.startswith("Exception #0")), lines[0] if lines else "")
+    return f"{type(exc).__name__}: {detail}"[:300]
 
 
 def read_manifest(path: str | Path) -> CutSet:
@@ -117,11 +132,13 @@ def write_manifest(cuts: CutSet, path: str | Path) -> Path:
 
 
 def write_jsonl(records, path: str | Path) -> Path:
-    """Write dicts as JSON lines (UTF-8, Hebrew kept readable) atomically: temp file, then rename."""
+    """Write dicts as JSON lines (UTF-8, Hebrew kept readable) atomically: temp file, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        f.flush()
+        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
     tmp.replace(path)
     return path

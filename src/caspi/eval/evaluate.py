@@ -9,10 +9,15 @@ Outputs in DIR:
                         substitutions / deletions / insertions and reference lengths
     summary.json        per domain and overall (micro over words, macro over domains): WER and CER with 95 %
                         bootstrap intervals (utterances resampled, seeded), counts, the model and throughput
+
+Both files are written atomically (temp file, fsync, rename), summary.json last: it records the predictions' count
+and sha256, so it marks the folder complete. `read_predictions` (and so `caspi compare`) accepts only a complete
+folder whose predictions match that record, and names the file and line of anything malformed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -21,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from caspi.data.cuts import cut_domain, cut_text, load_cut_audio, read_manifest
+from caspi.data.cuts import cut_domain, cut_text, load_cut_audio, read_manifest, write_jsonl
 from caspi.data.text import NORMALISERS
 from caspi.errors import DataError
-from caspi.eval.stats import UtteranceCounts, resampled_rates, bootstrap_ci, rate, utterance_counts
+from caspi.train.checkpoint import write_text_atomic
+from caspi.eval.stats import UtteranceCounts, bootstrap_ci, macro_bootstrap, percentile_ci, rate, utterance_counts
 
 PREDICTIONS, SUMMARY = "predictions.jsonl", "summary.json"
 
@@ -56,10 +62,15 @@ def evaluate(manifest: str | Path, out_dir: str | Path, *, model: str | None = N
     else:
         hyps, info["hypotheses_file"] = _read_hypotheses(Path(hypotheses), cuts), str(hypotheses)
     counts = utterance_counts(refs, hyps, normaliser)
-    _write_predictions(out_dir / PREDICTIONS, cuts, domains, refs, hyps, counts, normaliser)
     summary = summarise(counts, domains, resamples=resamples, seed=seed)
     summary.update(info, empty_hypotheses=sum(not h.strip() for h in hyps))
-    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    # An earlier eval's summary goes first: until the new one is written the folder reads as incomplete, never as
+    # old summary + new predictions.
+    (out_dir / SUMMARY).unlink(missing_ok=True)
+    _write_predictions(out_dir / PREDICTIONS, cuts, domains, refs, hyps, counts, normaliser)
+    summary["predictions"] = {"file": PREDICTIONS, "utterances": len(cuts),
+                              "sha256": hashlib.sha256((out_dir / PREDICTIONS).read_bytes()).hexdigest()}
+    write_text_atomic(out_dir / SUMMARY, json.dumps(summary, indent=2, ensure_ascii=False))
     return EvalResult(out_dir, summary)
 
 
@@ -138,57 +149,111 @@ def _read_hypotheses(path: Path, cuts: list) -> list[str]:
 
 def _write_predictions(path: Path, cuts, domains, refs, hyps, counts: UtteranceCounts, normaliser: str) -> None:
     norm = NORMALISERS[normaliser]
-    with open(path, "w", encoding="utf-8") as f:
-        for i, cut in enumerate(cuts):
-            record = {
-                "id": cut.id, "domain": domains[i], "reference": refs[i], "hypothesis": hyps[i],
-                "reference_normalised": norm(refs[i]), "hypothesis_normalised": norm(hyps[i]),
-                "word_substitutions": int(counts.word_sub[i]), "word_deletions": int(counts.word_del[i]),
-                "word_insertions": int(counts.word_ins[i]), "ref_words": int(counts.ref_words[i]),
-                "char_substitutions": int(counts.char_sub[i]), "char_deletions": int(counts.char_del[i]),
-                "char_insertions": int(counts.char_ins[i]), "ref_chars": int(counts.ref_chars[i]),
-            }
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    records = (
+        {
+            "id": cut.id, "domain": domains[i], "reference": refs[i], "hypothesis": hyps[i],
+            "reference_normalised": norm(refs[i]), "hypothesis_normalised": norm(hyps[i]),
+            "word_substitutions": int(counts.word_sub[i]), "word_deletions": int(counts.word_del[i]),
+            "word_insertions": int(counts.word_ins[i]), "ref_words": int(counts.ref_words[i]),
+            "char_substitutions": int(counts.char_sub[i]), "char_deletions": int(counts.char_del[i]),
+            "char_insertions": int(counts.char_ins[i]), "ref_chars": int(counts.ref_chars[i]),
+        }
+        for i, cut in enumerate(cuts)
+    )
+    write_jsonl(records, path)  # temp file, fsync, rename
+
+
+_COUNT_KEYS = ("word_substitutions", "word_deletions", "word_insertions", "ref_words", "char_substitutions",
+               "char_deletions", "char_insertions", "ref_chars")
+_TEXT_KEYS = ("id", "domain", "reference_normalised")
 
 
 def read_predictions(folder: str | Path) -> tuple[list[dict], UtteranceCounts]:
-    """The records of an eval folder's predictions.jsonl and their counts as arrays."""
-    path = Path(folder) / PREDICTIONS
+    """The records of a complete eval folder's predictions.jsonl and their counts as arrays.
+
+    DataError, naming the file (and line), when the folder is not an eval output, is incomplete (no summary.json:
+    the eval was interrupted), its predictions are malformed, or they differ from what summary.json recorded
+    (truncated or edited after the eval)."""
+    folder = Path(folder)
+    path, summary_path = folder / PREDICTIONS, folder / SUMMARY
+    if not path.is_file() and not summary_path.is_file():
+        raise DataError(f"{folder}: not a `caspi eval` output folder (no {PREDICTIONS}, no {SUMMARY})")
+    if not summary_path.is_file():
+        raise DataError(f"{folder}: incomplete eval folder: {PREDICTIONS} without {SUMMARY}, which `caspi eval` "
+                        "writes last; the eval was interrupted or is still running. Run it again")
     if not path.is_file():
-        raise DataError(f"{folder}: not a `caspi eval` output folder (no {PREDICTIONS})")
-    records = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    keys = ("word_substitutions", "word_deletions", "word_insertions", "ref_words", "char_substitutions",
-            "char_deletions", "char_insertions", "ref_chars")
-    arrays = [np.array([r[k] for r in records], dtype=np.int64) for k in keys]
+        raise DataError(f"{path}: missing; {summary_path} says it belongs there. Run the eval again")
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{summary_path}: not valid JSON ({exc}); run the eval again") from None
+    data = path.read_bytes()
+    records, seen = [], set()
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not a JSON object ({exc.msg}); the file is damaged or truncated. "
+                            "Run the eval again") from None
+        problem = _record_problem(record)
+        if problem:
+            raise DataError(f"{path}:{number}: {problem}")
+        if record["id"] in seen:
+            raise DataError(f"{path}:{number}: utterance id {record['id']!r} appears twice")
+        seen.add(record["id"])
+        records.append(record)
+    if not records:
+        raise DataError(f"{path}: holds no predictions")
+    expected = summary.get("predictions") if isinstance(summary, dict) else None
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected.get("sha256"):
+        raise DataError(
+            f"{path}: not the file {SUMMARY} was written for ({len(records)} records, {expected.get('utterances')} "
+            "expected, sha256 differs): truncated or changed after the eval. Run the eval again"
+        )
+    arrays = [np.array([r[k] for r in records], dtype=np.int64) for k in _COUNT_KEYS]
     return records, UtteranceCounts(*arrays)
+
+
+def _record_problem(record) -> str | None:
+    """What is wrong with one predictions record, or None."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    for key in _TEXT_KEYS:
+        if not isinstance(record.get(key), str):
+            return f"`{key}` missing or not a string"
+    for key in _COUNT_KEYS:
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"`{key}` missing or not a count (got {value!r})"
+    return None
 
 
 def summarise(counts: UtteranceCounts, domains: list[str], resamples: int = 1000, seed: int = 0) -> dict:
     """WER/CER with bootstrap intervals per domain, overall micro (pooled words) and macro (mean of domains)."""
     names = sorted(set(domains))
     d = np.asarray(domains)
-    out: dict = {"domains": {}, "resamples": resamples, "seed": seed}
-    macro = {"wer": [], "cer": []}
-    for name in names:
-        rows = d == name
-        entry = {"utterances": int(rows.sum())}
-        for metric, errors, refs in (("wer", counts.word_errors, counts.ref_words),
-                                     ("cer", counts.char_errors, counts.ref_chars)):
-            entry[metric] = rate(errors[rows], refs[rows])
-            entry[f"{metric}_ci95"] = list(bootstrap_ci(errors[rows], refs[rows], resamples, seed))
-            macro[metric].append(resampled_rates(errors[rows], refs[rows], resamples, seed))
-        entry["ref_words"], entry["ref_chars"] = int(counts.ref_words[rows].sum()), int(counts.ref_chars[rows].sum())
-        out["domains"][name] = entry
+    out: dict = {"domains": {name: {"utterances": int((d == name).sum())} for name in names}, "resamples": resamples,
+                 "seed": seed}
     overall = {"utterances": len(domains), "ref_words": int(counts.ref_words.sum()),
                "ref_chars": int(counts.ref_chars.sum())}
+    masks = [d == name for name in names]
     for metric, errors, refs in (("wer", counts.word_errors, counts.ref_words),
                                  ("cer", counts.char_errors, counts.ref_chars)):
+        # Each domain resampled within itself from its own independent stream; its interval and the macro
+        # interval (the mean of the domains' rates, as the seeds report) come from the same resamples.
+        per_domain, macro_ci = macro_bootstrap(errors, refs, masks, resamples, seed)
+        for name, rows, rates in zip(names, masks, per_domain):
+            out["domains"][name][metric] = rate(errors[rows], refs[rows])
+            out["domains"][name][f"{metric}_ci95"] = list(percentile_ci(rates))
         overall[metric] = rate(errors, refs)  # micro: pooled over every word of every domain
         overall[f"{metric}_ci95"] = list(bootstrap_ci(errors, refs, resamples, seed))
-        # macro: the mean of the domains' rates (as the seeds report), resampled within each domain
         overall[f"{metric}_macro"] = float(np.mean([out["domains"][n][metric] for n in names]))
-        stacked = np.nanmean(np.vstack(macro[metric]), axis=0)
-        overall[f"{metric}_macro_ci95"] = [float(x) for x in np.nanquantile(stacked, [0.025, 0.975])]
+        overall[f"{metric}_macro_ci95"] = list(macro_ci)
+    for name, rows in zip(names, masks):
+        entry = out["domains"][name]
+        entry["ref_words"], entry["ref_chars"] = int(counts.ref_words[rows].sum()), int(counts.ref_chars[rows].sum())
     out["overall"] = overall
     return out
 

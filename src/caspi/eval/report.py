@@ -2,17 +2,20 @@
 
     result = compare("eval/round1", "eval/round2", "compare/r1-vs-r2", names=("round 1", "round 2"))
 
-For each domain and overall: WER of A and of B with their bootstrap intervals, the difference B − A with a paired
-bootstrap interval and a two-sided p-value (paired bootstrap, `caspi.eval.stats.paired_bootstrap`), p-values
-adjusted across domains with Benjamini–Hochberg, and a verdict: better / worse / no significant difference (adjusted
-p < `alpha`). Outputs: comparison.csv (seed 001's table: dataset, round-1 WER, round-2 WER, improvement), .json,
-.md and a .png of per-domain WER bars with interval whiskers.
+For each domain and overall, for WER and for CER: the rate of A and of B with their bootstrap intervals, the
+difference B − A with a paired bootstrap interval and a two-sided p-value (paired bootstrap,
+`caspi.eval.stats.paired_bootstrap`), p-values adjusted across domains with Benjamini–Hochberg (WER and CER each a
+family of their own), and a verdict: better / worse / no significant difference (adjusted p < `alpha`). Each domain
+is resampled from its own independent stream. WER is the primary metric (`verdict`, `any_worse`); CER's keys are
+prefixed `cer_`. Outputs: comparison.csv (seed 001's table first: dataset, round-1 WER, round-2 WER, improvement;
+then the CER columns), .json, .md and a .png of per-domain WER bars with interval whiskers.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import numpy as np
 
 from caspi.errors import DataError
 from caspi.eval.evaluate import read_predictions
-from caspi.eval.stats import benjamini_hochberg, bootstrap_ci, paired_bootstrap, rate
+from caspi.eval.stats import benjamini_hochberg, bootstrap_ci, independent_seeds, paired_bootstrap
 
 BETTER, WORSE, SAME = "better", "worse", "no significant difference"
 
@@ -63,61 +66,86 @@ def compare(a_dir: str | Path, b_dir: str | Path, out_dir: str | Path, *, names:
     d = np.asarray(domains)
     groups = [(name, d == name) for name in sorted(set(domains))] + [("overall", np.ones(len(domains), bool))]
     rows = []
-    for name, rows_mask in groups:
-        refs = a.ref_words[rows_mask]
-        ea, eb = a.word_errors[rows_mask], b_word[rows_mask]
-        paired = paired_bootstrap(ea, eb, refs, resamples=resamples, seed=seed)
-        rows.append({
-            "dataset": name, "utterances": int(rows_mask.sum()),
-            "wer_a": paired.rate_a, "wer_a_ci95": list(bootstrap_ci(ea, refs, resamples, seed)),
-            "wer_b": paired.rate_b, "wer_b_ci95": list(bootstrap_ci(eb, refs, resamples, seed)),
-            "difference": paired.difference, "difference_ci95": list(paired.ci),
-            "improvement_points": 100.0 * (paired.rate_a - paired.rate_b), "p_value": paired.p_value,
-            "cer_a": rate(a.char_errors[rows_mask], a.ref_chars[rows_mask]),
-            "cer_b": rate(b_char[rows_mask], a.ref_chars[rows_mask]),
-        })
+    for (name, rows_mask), stream in zip(groups, independent_seeds(seed, len(groups))):
+        row = {"dataset": name, "utterances": int(rows_mask.sum())}
+        # WER keys unprefixed (seed 001's table), CER keys prefixed; both metrics resample the same utterances.
+        for prefix, metric, ea, eb, refs in (("", "wer", a.word_errors, b_word, a.ref_words),
+                                             ("cer_", "cer", a.char_errors, b_char, a.ref_chars)):
+            ea, eb, refs = ea[rows_mask], eb[rows_mask], refs[rows_mask]
+            paired = paired_bootstrap(ea, eb, refs, resamples=resamples, seed=stream)
+            row.update({
+                f"{metric}_a": paired.rate_a, f"{metric}_a_ci95": list(bootstrap_ci(ea, refs, resamples, stream)),
+                f"{metric}_b": paired.rate_b, f"{metric}_b_ci95": list(bootstrap_ci(eb, refs, resamples, stream)),
+                f"{prefix}difference": paired.difference, f"{prefix}difference_ci95": list(paired.ci),
+                f"{prefix}improvement_points": 100.0 * (paired.rate_a - paired.rate_b),
+                f"{prefix}p_value": paired.p_value,
+            })
+        rows.append(row)
     domain_rows = [r for r in rows if r["dataset"] != "overall"]
-    for r, adjusted in zip(domain_rows, benjamini_hochberg([r["p_value"] for r in domain_rows])):
-        r["p_adjusted"] = adjusted
-    rows[-1]["p_adjusted"] = rows[-1]["p_value"]  # one test: nothing to adjust
-    for r in rows:
-        significant = r["p_adjusted"] < alpha
-        r["verdict"] = SAME if not significant else BETTER if r["difference"] < 0 else WORSE
+    for prefix in ("", "cer_"):
+        for r, adjusted in zip(domain_rows, benjamini_hochberg([r[f"{prefix}p_value"] for r in domain_rows])):
+            r[f"{prefix}p_adjusted"] = adjusted
+        rows[-1][f"{prefix}p_adjusted"] = rows[-1][f"{prefix}p_value"]  # one test: nothing to adjust
+        for r in rows:
+            significant = r[f"{prefix}p_adjusted"] < alpha
+            r[f"{prefix}verdict"] = SAME if not significant else BETTER if r[f"{prefix}difference"] < 0 else WORSE
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"a": str(a_dir), "b": str(b_dir), "names": list(names), "resamples": resamples, "seed": seed,
-            "alpha": alpha, "test": "paired bootstrap over utterances (two-sided), Benjamini-Hochberg across "
-                                    "domains"}
-    (out_dir / "comparison.json").write_text(json.dumps({**meta, "rows": rows}, indent=2, ensure_ascii=False),
-                                             encoding="utf-8")
-    _write_csv(out_dir / "comparison.csv", rows, names)
-    (out_dir / "comparison.md").write_text(render_markdown(rows, names, meta), encoding="utf-8")
-    plot(rows, names, out_dir / "comparison.png")
+            "alpha": alpha, "test": "paired bootstrap over utterances (two-sided), each domain from its own "
+                                    "random stream; Benjamini-Hochberg across domains, for WER and CER separately"}
+    # Each output atomically (temp file, fsync, rename): an interrupted compare leaves no half-written table.
+    _atomic(out_dir / "comparison.json", lambda path: path.write_text(
+        json.dumps({**meta, "rows": rows}, indent=2, ensure_ascii=False), encoding="utf-8"))
+    _atomic(out_dir / "comparison.csv", lambda path: _write_csv(path, rows, names))
+    _atomic(out_dir / "comparison.md", lambda path: path.write_text(render_markdown(rows, names, meta),
+                                                                   encoding="utf-8"))
+    _atomic(out_dir / "comparison.png", lambda path: plot(rows, names, path))
     return CompareResult(rows, out_dir, any(r["verdict"] == WORSE for r in rows))
+
+
+def _atomic(path: Path, write) -> None:
+    """`write(tmp)` to a temp sibling with the same suffix (matplotlib picks the format by it), fsync, rename."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, rows: list[dict], names: tuple[str, str]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["dataset", f"{names[0]} WER", f"{names[1]} WER", "improvement (points)",
-                         "difference 95% CI low", "difference 95% CI high", "p", "p (BH)", "verdict", "utterances"])
+                         "difference 95% CI low", "difference 95% CI high", "p", "p (BH)", "verdict", "utterances",
+                         f"{names[0]} CER", f"{names[1]} CER", "CER improvement (points)",
+                         "CER difference 95% CI low", "CER difference 95% CI high", "CER p", "CER p (BH)",
+                         "CER verdict"])
         for r in rows:
             writer.writerow([r["dataset"], f"{r['wer_a']:.4f}", f"{r['wer_b']:.4f}", f"{r['improvement_points']:.2f}",
                              f"{r['difference_ci95'][0]:.4f}", f"{r['difference_ci95'][1]:.4f}",
-                             f"{r['p_value']:.4g}", f"{r['p_adjusted']:.4g}", r["verdict"], r["utterances"]])
+                             f"{r['p_value']:.4g}", f"{r['p_adjusted']:.4g}", r["verdict"], r["utterances"],
+                             f"{r['cer_a']:.4f}", f"{r['cer_b']:.4f}", f"{r['cer_improvement_points']:.2f}",
+                             f"{r['cer_difference_ci95'][0]:.4f}", f"{r['cer_difference_ci95'][1]:.4f}",
+                             f"{r['cer_p_value']:.4g}", f"{r['cer_p_adjusted']:.4g}", r["cer_verdict"]])
 
 
 def render_markdown(rows: list[dict], names: tuple[str, str], meta: dict) -> str:
     a, b = names
-    lines = [f"# {a} vs {b}", "",
-             f"| dataset | utterances | {a} WER | {b} WER | improvement | B − A (95 % CI) | p (BH) | verdict |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        lo, hi = r["difference_ci95"]
-        lines.append(f"| {r['dataset']} | {r['utterances']} | {100 * r['wer_a']:.1f} % | {100 * r['wer_b']:.1f} % | "
-                     f"{r['improvement_points']:+.1f} pts | {100 * r['difference']:+.1f} ({100 * lo:+.1f} … "
-                     f"{100 * hi:+.1f}) | {r['p_adjusted']:.3g} | {r['verdict']} |")
+    lines = [f"# {a} vs {b}"]
+    for metric, prefix in (("WER", ""), ("CER", "cer_")):
+        key = metric.lower()
+        lines += ["", f"## {metric}", "",
+                  f"| dataset | utterances | {a} {metric} | {b} {metric} | improvement | B − A (95 % CI) | p (BH) | "
+                  "verdict |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in rows:
+            lo, hi = r[f"{prefix}difference_ci95"]
+            lines.append(f"| {r['dataset']} | {r['utterances']} | {100 * r[f'{key}_a']:.1f} % | "
+                         f"{100 * r[f'{key}_b']:.1f} % | {r[f'{prefix}improvement_points']:+.1f} pts | "
+                         f"{100 * r[f'{prefix}difference']:+.1f} ({100 * lo:+.1f} … {100 * hi:+.1f}) | "
+                         f"{r[f'{prefix}p_adjusted']:.3g} | {r[f'{prefix}verdict']} |")
     lines += ["", f"Test: {meta['test']}; {meta['resamples']} resamples, seed {meta['seed']}, α = {meta['alpha']}. "
-              "Improvement = A − B in WER points (positive: B is better).", ""]
+              "Improvement = A − B in points of WER or CER (positive: B is better).", ""]
     return "\n".join(lines)
 
 
@@ -149,9 +177,14 @@ def plot(rows: list[dict], names: tuple[str, str], path: Path) -> Path:
 
 def render_table(rows: list[dict], names: tuple[str, str]) -> str:
     a, b = names
-    lines = [f"{'dataset':<14} {a[:10]:>10} {b[:10]:>10} {'B−A':>8} {'95% CI':>17} {'p(BH)':>8}  verdict"]
-    for r in rows:
-        lo, hi = r["difference_ci95"]
-        lines.append(f"{r['dataset']:<14} {r['wer_a']:>10.3f} {r['wer_b']:>10.3f} {r['difference']:>+8.3f} "
-                     f"{f'{lo:+.3f}…{hi:+.3f}':>17} {r['p_adjusted']:>8.3g}  {r['verdict']}")
+    lines = []
+    for metric, prefix in (("WER", ""), ("CER", "cer_")):
+        key = metric.lower()
+        lines.append(f"{metric + ' by dataset':<14} {a[:10]:>10} {b[:10]:>10} {'B−A':>8} {'95% CI':>17} "
+                     f"{'p(BH)':>8}  verdict")
+        for r in rows:
+            lo, hi = r[f"{prefix}difference_ci95"]
+            lines.append(f"{r['dataset']:<14} {r[f'{key}_a']:>10.3f} {r[f'{key}_b']:>10.3f} "
+                         f"{r[f'{prefix}difference']:>+8.3f} {f'{lo:+.3f}…{hi:+.3f}':>17} "
+                         f"{r[f'{prefix}p_adjusted']:>8.3g}  {r[f'{prefix}verdict']}")
     return "\n".join(lines)

@@ -103,8 +103,12 @@ def rate(errors: np.ndarray, refs: np.ndarray) -> float:
     return float(np.sum(errors)) / total if total > 0 else float("nan")
 
 
-def resampled_rates(errors: np.ndarray, refs: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """(resamples,) corpus rates, each over n utterances drawn with replacement (as multinomial weights)."""
+Seed = int | np.random.SeedSequence
+
+
+def resampled_rates(errors: np.ndarray, refs: np.ndarray, resamples: int, seed: Seed) -> np.ndarray:
+    """(resamples,) corpus rates, each over n utterances drawn with replacement (as multinomial weights). `seed`: an
+    int, or one of `independent_seeds`' streams."""
     errors = np.asarray(errors, dtype=np.float64)
     refs = np.asarray(refs, dtype=np.float64)
     n = errors.size
@@ -121,12 +125,35 @@ def resampled_rates(errors: np.ndarray, refs: np.ndarray, resamples: int, seed: 
     return out
 
 
-def bootstrap_ci(errors, refs, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the corpus rate Σ errors / Σ refs, resampling utterances."""
-    rates = resampled_rates(errors, refs, resamples, seed)
+def percentile_ci(rates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` interval of resampled rates (NaN resamples, with no reference length, left out)."""
     alpha = (1 - level) / 2
     lo, hi = np.nanquantile(rates, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+def bootstrap_ci(errors, refs, resamples: int = 1000, seed: Seed = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the corpus rate Σ errors / Σ refs, resampling utterances."""
+    return percentile_ci(resampled_rates(errors, refs, resamples, seed), level)
+
+
+def independent_seeds(seed: int, n: int) -> list[np.random.SeedSequence]:
+    """n statistically independent random streams derived from one seed (numpy's SeedSequence.spawn): one per
+    domain, so that domains are resampled independently, as their utterances were drawn, rather than with the same
+    draws (which correlates the domains' resampled rates and misstates the spread of their mean)."""
+    return np.random.SeedSequence(seed).spawn(n)
+
+
+def macro_bootstrap(errors, refs, groups: Sequence[np.ndarray], resamples: int = 1000, seed: int = 0,
+                    level: float = 0.95) -> tuple[list[np.ndarray], tuple[float, float]]:
+    """Bootstrap of the macro rate, the unweighted mean of the groups' (domains') corpus rates: each group resampled
+    within itself from its own independent stream. `groups`: boolean masks (n,) or index arrays, one per group.
+    Returns each group's (resamples,) rates (for its own interval) and the macro interval."""
+    errors, refs = np.asarray(errors, dtype=np.float64), np.asarray(refs, dtype=np.float64)
+    per_group = [resampled_rates(errors[g], refs[g], resamples, stream)
+                 for g, stream in zip(groups, independent_seeds(seed, len(groups)))]
+    macro = np.nanmean(np.vstack(per_group), axis=0)  # a group without reference length drops out of a resample
+    return per_group, percentile_ci(macro, level)
 
 
 @dataclass(frozen=True)
@@ -169,14 +196,11 @@ def paired_bootstrap(errors_a, errors_b, refs, resamples: int = 1000, seed: int 
 
 
 def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
-    """Benjamini–Hochberg adjusted p-values (false discovery rate), in the input order."""
+    """Benjamini–Hochberg adjusted p-values (false discovery rate), in the input order
+    (`scipy.stats.false_discovery_control`, method "bh")."""
+    from scipy.stats import false_discovery_control
+
     p = np.asarray(p_values, dtype=float)
-    m = p.size
-    if m == 0:
+    if p.size == 0:
         return []
-    order = np.argsort(p)
-    ranked = p[order] * m / np.arange(1, m + 1)
-    adjusted = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.minimum(adjusted, 1.0)
-    return out.tolist()
+    return false_discovery_control(p, method="bh").tolist()

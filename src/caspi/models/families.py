@@ -14,6 +14,8 @@ The training loop, `plan` and `doctor` are meant to talk only to this interface,
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,15 @@ class ModelFamily(ABC):
     hub_ids: tuple[str, ...]  # the checkpoints Caspi is built and tested for
     model_types: tuple[str, ...]  # `config.model_type` values this family handles
     lora_layers_group: str  # the layered group whose layers `apply_lora(layers=...)` indexes
+    # Longest clip in seconds the model takes (after speed perturbation), or None for no fixed window. The recipe
+    # check (`data.max_duration` ÷ smallest speed factor) and the training dataset both hold clips to it.
+    max_audio_seconds: float | None = None
+
+    @abstractmethod
+    def language_tag(self, language: str | None) -> str:
+        """The recipe's `model.language` in the form this family's prompt takes (Qwen3-ASR: the tag in
+        `language X<asr_text>`; Whisper: a language code such as `he`). None: the family's default, Hebrew.
+        Raises `ConfigError` naming `model.language` when the family cannot express it."""
 
     @abstractmethod
     def load(
@@ -79,8 +90,10 @@ class ModelFamily(ABC):
         texts: list[str] | None = None,
         padding_side: str = "right",
         dtype: torch.dtype | None = None,
+        language: str | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Model inputs for a batch of 16 kHz clips; with `texts`, also `labels` (-100 where there is no loss)."""
+        """Model inputs for a batch of 16 kHz clips; with `texts`, also `labels` (-100 where there is no loss).
+        `language`: the recipe's `model.language` (see `language_tag`); None: Hebrew."""
 
     @abstractmethod
     def decode(
@@ -92,10 +105,11 @@ class ModelFamily(ABC):
         batch_size: int = 16,
         autocast_dtype: torch.dtype | None = None,
         num_beams: int = 1,
+        language: str | None = None,
     ) -> list[str]:
         """Transcription of each clip: greedy, or beam search with `num_beams` > 1. `autocast_dtype`: run
         generation under autocast (a model being trained holds float32 master copies next to bf16 weights);
-        feature extraction stays outside it."""
+        feature extraction stays outside it. `language`: as in `build_inputs`."""
 
     @abstractmethod
     def param_groups(self, config) -> dict[str, GroupDef]:
@@ -192,8 +206,7 @@ def check_padding_side(padding_side: str) -> None:
 def from_pretrained_or_raise(loader, family: str, name_or_path: str, revision: str | None, **kwargs):
     """Call `loader(name_or_path, revision=..., **kwargs)` and turn hub, network and missing-file failures into a
     CheckpointError that names the id, so a user sees one line rather than a requests traceback."""
-    # A hub id is "name" or "org/name"; anything else (absolute, ./, ~, or two slashes) is meant as a folder.
-    looks_local = Path(name_or_path).exists() or name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    looks_local = is_local_path(name_or_path)
     if looks_local and not Path(name_or_path).exists():
         raise CheckpointError(f"{family}: local model folder {name_or_path!r} does not exist")
     try:
@@ -214,6 +227,12 @@ def from_pretrained_or_raise(loader, family: str, name_or_path: str, revision: s
         ) from exc
 
 
+def is_local_path(name_or_path: str) -> bool:
+    """Whether `name_or_path` is meant as a local folder rather than a hub id."""
+    # A hub id is "name" or "org/name"; anything else (absolute, ./, ~, or two slashes) is meant as a folder.
+    return Path(name_or_path).exists() or name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else "(no message)"
@@ -230,3 +249,97 @@ def generation_autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pinning the base model. A checkpoint holds only the trained tensors; they are grafted onto the base at every load,
+# so a run records at its start exactly which base it trains on (`pin_base`, stored in run.json) and every later
+# load (resume, eval, export) takes that one (`load_pinned`): a hub id at the resolved commit sha, a local folder
+# only if its content hash is unchanged.
+
+_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+_HASH_BLOCK = 1 << 20  # bytes read at a time: multi-GB weight files are streamed, never held in memory
+
+
+def folder_sha256(folder: str | Path) -> str:
+    """Content hash of a local model folder: sha256 over each file's relative path, size and bytes, in path
+    order. Hidden files and folders (.git, .cache) and Markdown files are left out: they do not change the model."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix != ".md" and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    for path in files:
+        relative = path.relative_to(folder).as_posix()
+        digest.update(f"{relative}\0{path.stat().st_size}\0".encode())
+        with open(path, "rb") as f:
+            while block := f.read(_HASH_BLOCK):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_hub_revision(repo_id: str, revision: str | None) -> str:
+    """The commit sha that `revision` (a branch, tag or sha; None: main) of hub model `repo_id` names: asked of
+    the hub, or, offline (HF_HUB_OFFLINE=1 or no network), read from the local hub cache. CheckpointError when
+    neither knows it."""
+    if revision and _COMMIT_SHA.match(revision):
+        return revision
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    problem = "HF_HUB_OFFLINE is set"
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            sha = HfApi().model_info(repo_id, revision=revision).sha
+            if sha:
+                return sha
+        except Exception as exc:  # noqa: BLE001 - requests, hub HTTP and validation errors: fall back to the cache
+            problem = f"the hub did not answer ({type(exc).__name__}: {_first_line(exc)})"
+    # The cache keeps `refs/<revision>` → sha and `snapshots/<sha>/config.json`; the snapshot folder is the sha.
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision or "main")
+    if isinstance(cached, str):
+        return Path(cached).parent.name
+    raise CheckpointError(
+        f"cannot resolve hub model {repo_id!r} at revision {revision or 'main'!r} to a commit: {problem} and the "
+        "local hub cache does not hold it; connect once, or set model.revision to a 40-hex commit sha"
+    )
+
+
+def pin_base(name_or_path: str, revision: str | None = None, *, in_run: bool = False,
+             folder: str | Path | None = None) -> dict[str, Any]:
+    """What run.json records about the base: `{"kind": "hub", "name_or_path", "requested_revision", "revision":
+    <commit sha>}` for a hub id; `{"kind": "folder", "name_or_path", "sha256": <folder_sha256>}` for a local folder
+    (`in_run`: the path is relative to the run folder, whose copy is `folder`; the tiny models' RUN/base)."""
+    if in_run or is_local_path(name_or_path):
+        local = Path(folder) if folder is not None else Path(name_or_path)
+        if not local.is_dir():
+            raise CheckpointError(f"local model folder {str(local)!r} does not exist")
+        # An absolute path outside the run folder, so eval/export from another working directory find it.
+        recorded = name_or_path if in_run else str(local.resolve())
+        return {"kind": "folder", "name_or_path": recorded, "in_run": in_run, "sha256": folder_sha256(local)}
+    return {"kind": "hub", "name_or_path": name_or_path, "requested_revision": revision,
+            "revision": resolve_hub_revision(name_or_path, revision)}
+
+
+def load_pinned(family: ModelFamily, pin: dict[str, Any], dtype: torch.dtype | str,
+                run_dir: str | Path | None = None) -> tuple[torch.nn.Module, Any]:
+    """Load exactly the base that `pin` (from `pin_base`, via run.json) records. A hub id loads at the recorded
+    commit; a local folder loads only if it still hashes to the recorded sha256, else a CheckpointError names
+    both hashes (the trained tensors would be grafted onto another model)."""
+    if pin["kind"] == "hub":
+        return family.load(pin["name_or_path"], revision=pin["revision"], dtype=dtype)
+    folder = Path(pin["name_or_path"])
+    if pin.get("in_run"):
+        assert run_dir is not None, "a base inside the run folder needs run_dir"
+        folder = Path(run_dir) / folder
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: the run's base model folder is gone (run.json records sha256 "
+                              f"{pin['sha256']})")
+    actual = folder_sha256(folder)
+    if actual != pin["sha256"]:
+        raise CheckpointError(
+            f"{folder}: the base model changed since the run started: run.json records sha256 {pin['sha256']}, the "
+            f"folder now hashes to {actual}; the checkpoint's tensors belong to the recorded one. Restore those "
+            "files, or train a new run on the changed base"
+        )
+    return family.load(str(folder), dtype=dtype)

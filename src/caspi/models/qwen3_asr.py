@@ -5,7 +5,8 @@ Training target, per clip (REFERENCE.md, "Chat template and labels"):
     <|im_start|>system\\n<|im_end|>\\n<|im_start|>user\\n<|audio_start|><|audio_pad|>×N<|audio_end|><|im_end|>\\n
     <|im_start|>assistant\\nlanguage Hebrew<asr_text>TEXT<|im_end|>\\n
 
-Loss covers exactly `language Hebrew<asr_text>TEXT<|im_end|>`: our chat template wraps that span in
+The tag after `language` is the recipe's `model.language` (Hebrew by default). Loss covers exactly
+`language Hebrew<asr_text>TEXT<|im_end|>`: our chat template wraps that span in
 `{% generation %}` and the labels come from `return_assistant_tokens_mask=True`, so they are right under left and
 right padding alike (the official recipe masks by position and breaks under left padding, Qwen3-ASR issue #70).
 The processor's `apply_transcription_request` rejects "Hebrew", so the prefill is written here.
@@ -35,7 +36,7 @@ from caspi.models.families import (
 from caspi.models.tokenizer import train_unicode_bpe
 
 SAMPLE_RATE = 16_000  # Hz
-LANGUAGE = "Hebrew"  # the tag in `language Hebrew<asr_text>`; not one of the base model's 30 languages
+LANGUAGE = "Hebrew"  # the default tag in `language Hebrew<asr_text>`; not one of the base model's 30 languages
 ASR_TEXT = "<asr_text>"  # an added token that is *not* special: skip_special_tokens keeps it, so we can split on it
 # Special tokens of the Qwen tokenizer that the template and the model use, in the order the tiny tokenizer gives
 # them ids (0..5). Real checkpoints have their own ids (e.g. <|audio_pad|> 151676); nothing here hard-codes them.
@@ -142,6 +143,23 @@ class Qwen3ASRFamily(ModelFamily):
     hub_ids = ("Qwen/Qwen3-ASR-1.7B-hf", "Qwen/Qwen3-ASR-0.6B-hf")
     model_types = ("qwen3_asr",)
     lora_layers_group = "llm_layers"
+    # No fixed window: the encoder takes any number of 100-frame chunks (T % 100 == 0 is padded for), and
+    # REFERENCE.md gives no maximum; long clips cost memory (about 13 audio tokens per second), not correctness.
+    max_audio_seconds = None
+
+    def language_tag(self, language: str | None) -> str:
+        """The tag as written in `language X<asr_text>`: any name, kept as given (the base model's own tags are
+        English names such as `English`; a new language is a new tag). Empty, multi-line or `<`/`>`-holding values
+        are refused: they would break the prompt."""
+        if language is None:
+            return LANGUAGE
+        tag = str(language).strip()
+        if not tag or any(c in tag for c in "<>\n\r"):
+            raise ConfigError(
+                f"model.language: {language!r} cannot be a Qwen3-ASR language tag (`language X<asr_text>`); give a "
+                "name such as 'Hebrew'"
+            )
+        return tag
 
     # --- loading ---------------------------------------------------------------------------------------------
 
@@ -206,13 +224,15 @@ class Qwen3ASRFamily(ModelFamily):
         size: str = "xs",
         vocab_size: int | None = None,
         audio_init: str = "default",
+        language: str | None = None,
     ):
         """A random `Qwen3ASRForConditionalGeneration` at toy size plus a processor with an offline tokenizer.
 
         `vocab_texts`: transcripts the tokenizer must cover (template words are added). `size`: "xs" (~0.1 M
         params, unit tests) or "s" (REFERENCE.md's 'S', ~3 M). `vocab_size`: None for a character tokenizer
         (what learned in REFERENCE.md), or a BPE size. `audio_init`: "default" (transformers' normal(0, 0.02)) or
-        "he" (`init_audio_frontend`: needed to train from scratch, see its docstring). Deterministic in `seed`.
+        "he" (`init_audio_frontend`: needed to train from scratch, see its docstring). `language`: the tag the
+        prompt will carry (its characters join the alphabet; None: Hebrew). Deterministic in `seed`.
         """
         from transformers import (
             PreTrainedTokenizerFast,
@@ -228,7 +248,7 @@ class Qwen3ASRFamily(ModelFamily):
             raise ConfigError(f"audio_init must be 'default' or 'he', got {audio_init!r}")
 
         # The template's own words must be in the alphabet, or the prompt would hold <unk>s.
-        template_words = f"system\nuser\nassistant\nlanguage {LANGUAGE}"
+        template_words = f"system\nuser\nassistant\nlanguage {self.language_tag(language)}"
         backend = train_unicode_bpe(
             [*vocab_texts, template_words], SPECIAL_TOKENS, plain_added_tokens=[ASR_TEXT], vocab_size=vocab_size
         )
@@ -293,7 +313,7 @@ class Qwen3ASRFamily(ModelFamily):
         texts: list[str] | None = None,
         padding_side: str = "right",
         dtype: torch.dtype | None = None,
-        language: str = LANGUAGE,
+        language: str | None = None,
         prompt: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """Tensors for `model(**batch)` (texts given) or `model.generate(**batch)` (texts None).
@@ -306,7 +326,7 @@ class Qwen3ASRFamily(ModelFamily):
         """
         check_audio_batch(audio, texts)
         check_padding_side(padding_side)
-        prefill = f"language {language}{ASR_TEXT}"
+        prefill = f"language {self.language_tag(language)}{ASR_TEXT}"
         conversations = []
         for i, clip in enumerate(audio):
             messages: list[dict[str, Any]] = []
@@ -350,11 +370,12 @@ class Qwen3ASRFamily(ModelFamily):
         audio: list[np.ndarray],
         max_new_tokens: int = 128,
         batch_size: int = 16,
-        language: str = LANGUAGE,
         autocast_dtype: torch.dtype | None = None,
         num_beams: int = 1,
+        language: str | None = None,
     ) -> list[str]:
-        """Greedy transcription of each clip: the text the model writes after `language {language}<asr_text>`.
+        """Transcription of each clip (greedy, or beam search with `num_beams` > 1): the text the model writes
+        after `language {language}<asr_text>` (None: Hebrew).
 
         Prompts are left-padded (a batched decoder-only model must continue every row at the same position).
         If the model writes another `<asr_text>`, the text after the last one is returned.

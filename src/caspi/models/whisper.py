@@ -1,6 +1,7 @@
 """Whisper (`WhisperForConditionalGeneration`, e.g. `openai/whisper-large-v3`) transcribing Hebrew.
 
-Labels are the tokenizer's `<|startoftranscript|><|he|><|transcribe|><|notimestamps|> TEXT <|endoftext|>` minus
+Labels are the tokenizer's `<|startoftranscript|><|he|><|transcribe|><|notimestamps|> TEXT <|endoftext|>` (the
+language token follows the recipe's `model.language`, Hebrew by default) minus
 the leading start token (the model prepends `decoder_start_token_id` when it shifts labels right into decoder
 inputs), with padding set to -100. Padding is found from the attention mask, not from `pad_token_id`: Whisper's pad
 token *is* `<|endoftext|>`, so masking by id would also drop the end-of-text the model must learn to emit.
@@ -27,7 +28,7 @@ from caspi.models.families import (
 from caspi.models.tokenizer import train_byte_level_bpe
 
 SAMPLE_RATE = 16_000  # Hz
-LANGUAGE = "he"
+LANGUAGE = "he"  # the default language token; a recipe's `model.language` picks another
 TASK = "transcribe"
 MAX_SECONDS = 30.0  # Whisper's encoder sees exactly one 30 s window; longer clips would be truncated silently
 SOT, EOT = "<|startoftranscript|>", "<|endoftext|>"
@@ -94,6 +95,22 @@ class WhisperFamily(ModelFamily):
     hub_ids = ("openai/whisper-large-v3",)
     model_types = ("whisper",)
     lora_layers_group = "decoder_layers"
+    max_audio_seconds = MAX_SECONDS
+
+    def language_tag(self, language: str | None) -> str:
+        """A Whisper language code from a name or code in Whisper's list (`Hebrew`, `hebrew`, `he`, `<|he|>`)."""
+        from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+        if language is None:
+            return LANGUAGE
+        key = str(language).strip().lower().removeprefix("<|").removesuffix("|>")
+        code = TO_LANGUAGE_CODE.get(key, key)
+        if code not in LANGUAGES:
+            raise ConfigError(
+                f"model.language: {language!r} is not one of Whisper's languages; give a name or code from its list, "
+                "e.g. 'Hebrew' or 'he'"
+            )
+        return code
 
     def load(self, name_or_path: str, revision: str | None = None, dtype: torch.dtype | str = torch.bfloat16):
         """Load `(model, processor)` by hub id (`openai/whisper-large-v3`) or local folder."""
@@ -124,10 +141,18 @@ class WhisperFamily(ModelFamily):
             raise ConfigError(f"unknown Whisper size {size!r}; known: {', '.join(REFERENCE_SIZES)}")
         return WhisperConfig(**REFERENCE_SIZES[size])
 
-    def tiny(self, vocab_texts: list[str], seed: int = 0, size: str = "xs", vocab_size: int | None = None):
+    def tiny(
+        self,
+        vocab_texts: list[str],
+        seed: int = 0,
+        size: str = "xs",
+        vocab_size: int | None = None,
+        language: str | None = None,
+    ):
         """A random `WhisperForConditionalGeneration` at toy size (128 mels, 30 s window as large-v3) plus a
         `WhisperProcessor` whose byte-level BPE is trained on `vocab_texts` and carries Whisper's full special-token
-        layout (languages, tasks, timestamps). `vocab_size=None`: bytes only, no merges. Deterministic in `seed`."""
+        layout (languages, tasks, timestamps). `vocab_size=None`: bytes only, no merges. `language`: the
+        tokenizer's default language (every language token exists either way). Deterministic in `seed`."""
         from transformers import (
             WhisperConfig,
             WhisperFeatureExtractor,
@@ -146,7 +171,12 @@ class WhisperFamily(ModelFamily):
             assert token not in vocab, f"special token {token} learned as a BPE piece"
             vocab[token] = len(vocab)  # appended in order: special ids follow the BPE vocabulary, as in Whisper's
         tokenizer = WhisperTokenizer(
-            vocab=vocab, merges=merges, pad_token=EOT, extra_special_tokens=specials, language=LANGUAGE, task=TASK
+            vocab=vocab,
+            merges=merges,
+            pad_token=EOT,
+            extra_special_tokens=specials,
+            language=self.language_tag(language),
+            task=TASK,
         )
         processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer)
 
@@ -189,9 +219,10 @@ class WhisperFamily(ModelFamily):
         texts: list[str] | None = None,
         padding_side: str = "right",
         dtype: torch.dtype | None = None,
+        language: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """`input_features` (B, n_mels, 3000): every clip padded to Whisper's 30 s window, cast to `dtype`; with
-        texts, `labels` (B, L) right-padded with -100.
+        texts, `labels` (B, L) right-padded with -100, after the language token of `language` (see `language_tag`).
 
         `padding_side` is accepted for interface parity and checked, but the labels are always right-padded: the
         decoder has learned absolute positions, so left padding would shift them, and generation prompts have the
@@ -199,6 +230,7 @@ class WhisperFamily(ModelFamily):
         """
         check_audio_batch(audio, texts)
         check_padding_side(padding_side)
+        code = self.language_tag(language)
         for i, clip in enumerate(audio):
             seconds = len(clip) / SAMPLE_RATE
             if seconds > MAX_SECONDS:
@@ -212,9 +244,9 @@ class WhisperFamily(ModelFamily):
         batch = {"input_features": features.to(dtype) if dtype is not None else features}
         if texts is not None:
             tokenizer = processor.tokenizer
-            tokenizer.set_prefix_tokens(language=LANGUAGE, task=TASK, predict_timestamps=False)
+            tokenizer.set_prefix_tokens(language=code, task=TASK, predict_timestamps=False)
             enc = tokenizer(list(texts), padding="longest", padding_side="right", return_tensors="pt")
-            ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, L+1): SOT he transcribe notimestamps … EOT
+            ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, L+1): SOT lang transcribe notimestamps … EOT
             sot = tokenizer.convert_tokens_to_ids(SOT)
             assert (ids[:, 0] == sot).all(), "Whisper tokenizer did not start labels with <|startoftranscript|>"
             batch["labels"] = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)  # (B, L)
@@ -230,8 +262,11 @@ class WhisperFamily(ModelFamily):
         batch_size: int = 16,
         autocast_dtype: torch.dtype | None = None,
         num_beams: int = 1,
+        language: str | None = None,
     ) -> list[str]:
-        """Greedy Hebrew transcription of each clip (language `he`, task `transcribe`, no timestamps)."""
+        """Transcription of each clip with the language token forced (`language`, Hebrew by default), task
+        `transcribe`, no timestamps; greedy, or beam search with `num_beams` > 1."""
+        code = self.language_tag(language)
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
@@ -242,7 +277,7 @@ class WhisperFamily(ModelFamily):
             with generation_autocast(device, autocast_dtype):
                 generated = model.generate(
                     input_features=batch["input_features"].to(device),
-                    language=LANGUAGE,
+                    language=code,
                     task=TASK,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,

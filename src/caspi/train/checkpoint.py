@@ -12,6 +12,11 @@ middle of a gradient accumulation, after micro-batch 3 of step 201):
     state.json              step, epoch, phase, micro-batch index, metrics.jsonl offset, recipe fingerprint,
                             base model, eval result. Written last: a folder without it is not a checkpoint.
 
+Safety. A run folder may come from someone else, and unpickling runs code: the two `.pt` files hold only tensors
+and plain Python values (RNG states as lists and tensors, see `capture_rng`) and are read with
+`torch.load(weights_only=True)`, which refuses anything else; loading a model for eval/export (`load_weights`)
+reads only state.json and the safetensors file and never opens a pickle.
+
 Writing: everything goes to `checkpoints/.tmp-<name>/`, each file fsynced, then the folder is renamed into place and
 the parent fsynced; `checkpoints/latest` (a one-line file naming the folder) is replaced atomically after that. Old
 checkpoints are pruned only once the new one is in place (never a moment with none), keeping the last
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import time
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -85,6 +92,91 @@ def _pause_for_tests() -> None:
     delay = os.environ.get(_SLOW_WRITE_ENV)
     if delay:
         time.sleep(float(delay))
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's RNG states as tensors and plain values only, so `torch.load(weights_only=True)` reads them:
+    python's as [version, [625 ints], gauss or None], numpy's legacy generator as its dict form with the key as a
+    list of 624 ints, torch's as a uint8 tensor, CUDA's as a list of uint8 tensors (None without CUDA)."""
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": {"bit_generator": numpy_state["bit_generator"],
+                  "state": {"key": numpy_state["state"]["key"].tolist(), "pos": int(numpy_state["state"]["pos"])},
+                  "has_gauss": int(numpy_state["has_gauss"]), "gauss": float(numpy_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set every RNG from `capture_rng`'s output (CUDA's only where CUDA is available)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(state["numpy"])  # numpy accepts the dict form; the key list becomes uint32 again
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Internal invariant: what goes into a .pt file is what `weights_only=True` loads back (tensors, plain
+    values, containers of them); anything else would save fine and make the checkpoint unloadable at resume."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            assert isinstance(k, (str, int)), f"{where}: key {k!r} of type {type(k).__name__}"
+            _check_plain(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    else:
+        # Exact types: numpy scalars subclass float/int but unpickle through numpy, which weights_only refuses.
+        plain = value is None or type(value) in (bool, int, float, str)
+        assert plain or isinstance(value, (torch.Tensor, torch.Size)), (
+            f"{where}: {type(value).__name__} cannot be loaded with weights_only=True")
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Put the complete folder `tmp` at `final` (same parent) so that a crash at any instant leaves a complete
+    copy: with no `final`, one rename; otherwise the old one is renamed aside to `.tmp-old-<name>` first, the new
+    one renamed in, and only then the old one deleted. A kill between the two renames leaves the old copy under
+    `.tmp-old-<name>`: `clean_partial` (checkpoints) and `recover_aside` (anything else) rename it back."""
+    parent = final.parent
+    if final.exists():
+        trash = parent / f".tmp-old-{final.name}"
+        assert not trash.exists(), f"{trash} left over: recover_aside/clean_partial must run first"
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        _fsync_dir(parent)
+        shutil.rmtree(trash)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(parent)
+
+
+def recover_aside(final: Path, is_ours: Callable[[Path], bool]) -> None:
+    """Undo a `replace_folder` killed between its renames: when `final` is missing and `.tmp-old-<name>` is a
+    complete copy (`is_ours`), rename it back; when both exist the swap had finished and the aside copy goes.
+    An aside folder that `is_ours` does not recognise is left alone."""
+    trash = final.parent / f".tmp-old-{final.name}"
+    if not trash.is_dir() or not is_ours(trash):
+        return
+    if final.exists():
+        shutil.rmtree(trash)
+    else:
+        os.replace(trash, final)
+        _fsync_dir(final.parent)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then the folders themselves (before renaming it into place)."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file() and not path.is_symlink():
+            _fsync_file(path)
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(folder)
 
 
 def is_complete(folder: Path) -> bool:
@@ -162,6 +254,7 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
     barrier()
+    _check_plain(snapshot.rank_state, f"rank-{rank}.pt")
     torch.save(snapshot.rank_state, tmp / f"rank-{rank}.pt")
     _fsync_file(tmp / f"rank-{rank}.pt")
     barrier()
@@ -174,6 +267,7 @@ def save_checkpoint(
         save_file({k: v.cpu() if v.is_cuda else v.clone() for k, v in weights.items()}, tmp / WEIGHTS_FILE)
         _fsync_file(tmp / WEIGHTS_FILE)
         _pause_for_tests()
+        _check_plain(snapshot.optimizer, OPTIMIZER_FILE)
         torch.save(snapshot.optimizer, tmp / OPTIMIZER_FILE)
         _fsync_file(tmp / OPTIMIZER_FILE)
         _pause_for_tests()
@@ -181,15 +275,8 @@ def save_checkpoint(
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, ensure_ascii=False), encoding="utf-8")
         _fsync_file(tmp / STATE_FILE)
         _fsync_dir(tmp)
-        if final.exists():
-            # Same name again (a resumed run re-saving a step): move the old one aside, then replace it.
-            trash = root / f".tmp-old-{name}"
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(root)
+        # The same name again (a resumed run re-saving a step) replaces the old copy without a moment with none.
+        replace_folder(tmp, final)
         write_text_atomic(root / LATEST_FILE, name + "\n")
         prune(root, keep_last=keep_last, keep={name, best} - {None})
     barrier()
@@ -210,27 +297,57 @@ def prune(root: Path, keep_last: int, keep: set[str]) -> list[str]:
     return deleted
 
 
-def load_checkpoint(folder: Path, rank: int = 0) -> Snapshot:
-    """Read a checkpoint folder written by `save_checkpoint`, for process `rank`."""
+def _read_state(folder: Path) -> dict[str, Any]:
     if not is_complete(folder):
         raise CheckpointError(f"{folder}: not a complete checkpoint (no {STATE_FILE})")
     try:
-        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-        saved_world = state.get("world_size", 1)
-        rank_file = folder / f"rank-{rank}.pt"
-        if not rank_file.is_file():
-            raise CheckpointError(
-                f"{folder}: no {rank_file.name}; the checkpoint was written by {saved_world} process(es) and exact "
-                "resume needs the same number"
-            )
-        weights = load_file(folder / WEIGHTS_FILE)
-        # Our own files (RNG states hold numpy arrays and tuples): not loadable with weights_only.
-        optimizer = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
-        rank_state = torch.load(rank_file, map_location="cpu", weights_only=False)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - damaged bytes make safetensors (SafetensorError), pickle
-        # (UnpicklingError, EOFError, or whatever a garbled opcode stream triggers) and torch's zip reader
-        # (RuntimeError) raise unrelated types; every one means the same thing here.
-        raise CheckpointError(f"{folder}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        return json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"{folder}: cannot read checkpoint file {STATE_FILE} ({type(exc).__name__}: {exc})") from None
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(folder / WEIGHTS_FILE)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError, OSError, ... for damaged files
+        raise CheckpointError(
+            f"{folder}: cannot read checkpoint file {WEIGHTS_FILE} ({type(exc).__name__}: {exc})") from None
+
+
+def _read_pickle(path: Path) -> Any:
+    """A .pt file of ours, read with weights_only=True: tensors and plain values only, so a file planted in a
+    shared run folder cannot run code (the unpickler refuses any other global)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - damaged or foreign bytes make pickle (UnpicklingError, EOFError,
+        # or whatever a garbled opcode stream triggers) and torch's zip reader (RuntimeError) raise unrelated types;
+        # every one means the same thing here.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"{path.parent}: cannot read checkpoint file {path.name} ({type(exc).__name__}: {first}); it is "
+            "damaged, from an older Caspi (RNG states pickled as numpy objects), or holds objects other than "
+            "tensors and plain values, which Caspi never loads (unpickling can run code)"
+        ) from None
+
+
+def load_weights(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(state.json, trained tensors) of a checkpoint: what eval, export and the audit need. Reads the JSON and the
+    safetensors file only; the optimizer and rank pickles are never opened."""
+    return _read_state(folder), _read_weights(folder)
+
+
+def load_checkpoint(folder: Path, rank: int = 0) -> Snapshot:
+    """Read a checkpoint folder written by `save_checkpoint`, for process `rank` (resume)."""
+    state = _read_state(folder)
+    saved_world = state.get("world_size", 1)
+    rank_file = folder / f"rank-{rank}.pt"
+    if not rank_file.is_file():
+        raise CheckpointError(
+            f"{folder}: no {rank_file.name}; the checkpoint was written by {saved_world} process(es) and exact "
+            "resume needs the same number"
+        )
+    weights = _read_weights(folder)
+    optimizer = _read_pickle(folder / OPTIMIZER_FILE)
+    rank_state = _read_pickle(rank_file)
     return Snapshot(state=state, weights=weights, optimizer=optimizer, rank_state=rank_state)

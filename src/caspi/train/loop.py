@@ -6,7 +6,8 @@ small methods below it do one thing each.
     torchrun --nproc_per_node 2 -m caspi train --recipe ... --out runs/round2  # DDP (gloo on CPU, NCCL on GPU)
 
 Run folder:
-    run.json            recipe fingerprint, base model, gate decision, world size (checked on resume)
+    run.json            recipe fingerprint, the pinned base model (hub commit sha or folder content hash),
+                        manifests' sha256, gate decision, world size (checked on resume)
     recipe.yaml         the resolved recipe
     base/               tiny models only: the randomly initialised base model and processor (export rebuilds from it)
     checkpoints/        step-NNNNNN/ (see caspi.train.checkpoint), `latest`, keep-last-N plus best-by-WER
@@ -45,6 +46,7 @@ from lhotse import CutSet
 
 from caspi.data.batches import (
     AsrBatchDataset,
+    check_targets,
     dataset_from_recipe,
     restore_sampler,
     sampler_from_recipe,
@@ -55,7 +57,7 @@ from caspi.data.cuts import cut_domain, cut_text, read_manifest
 from caspi.errors import CaspiError, CheckpointError, ConfigError, DataError
 from caspi.eval.metrics import score
 from caspi.models.ctc import CtcAux
-from caspi.models.families import base_model, get_family
+from caspi.models.families import base_model, get_family, pin_base
 from caspi.models.unfreeze import (
     apply_lora,
     apply_trainable,
@@ -66,8 +68,9 @@ from caspi.models.unfreeze import (
     trainable_names,
 )
 from caspi.train import checkpoint as ckpt
-from caspi.train.preempt import PreemptionFlag, request_requeue
-from caspi.train.track import Tracker
+from caspi.train.preempt import PreemptionFlag, ignore_interrupt_in_worker, request_requeue
+from caspi.train.resources import CostMeter, device_memory_gib, hardware_warnings
+from caspi.train.track import METRICS_FILE, Tracker
 
 HOP = 160  # samples per mel frame at 16 kHz (both families' feature extractors)
 CTC_HEAD_PREFIX = "aux.ctc_head."  # names of the CTC head's tensors in trainable.safetensors
@@ -82,7 +85,7 @@ class TrainResult:
     run_dir: Path
     step: int
     epoch: int
-    preempted: bool  # stopped by SIGTERM/SIGUSR1 after saving; resume with the same command
+    preempted: bool  # stopped by SIGTERM/SIGUSR1/Ctrl+C after saving; resume with the same command
     last_loss: float | None
     best_wer: float | None
     checkpoint: Path | None
@@ -96,10 +99,12 @@ def train(
     force_gate: bool = False,
     cpu_fallback: bool = False,
     progress: bool = True,
+    new_data: bool = False,
 ) -> TrainResult:
-    """Train (or resume, when `run_dir` holds a checkpoint) as the recipe says; see the module docstring."""
+    """Train (or resume, when `run_dir` holds a checkpoint) as the recipe says; see the module docstring.
+    `new_data`: resume even though a manifest changed since the checkpoint, restarting the current epoch on it."""
     run = TrainingRun(recipe, Path(run_dir), overrides=list(overrides), force_gate=force_gate,
-                      cpu_fallback=cpu_fallback, progress=progress)
+                      cpu_fallback=cpu_fallback, progress=progress, new_data=new_data)
     try:
         run.setup()
         return run.train()
@@ -109,9 +114,10 @@ def train(
 
 class TrainingRun:
     def __init__(self, recipe: Recipe, run_dir: Path, *, overrides: list[str], force_gate: bool,
-                 cpu_fallback: bool, progress: bool):
+                 cpu_fallback: bool, progress: bool, new_data: bool = False):
         self.recipe, self.run_dir, self.overrides = recipe, run_dir, overrides
         self.force_gate, self.cpu_fallback, self.progress = force_gate, cpu_fallback, progress
+        self.new_data = new_data
         self.preempt = PreemptionFlag()
         self.tracker: Tracker | None = None
         self.ctc: CtcAux | None = None
@@ -128,6 +134,7 @@ class TrainingRun:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device, self.model_dtype, self.autocast_dtype = self._pick_device()
+        self.cost = CostMeter(r.hardware.price_per_gpu_hour, self.world_size, self.device)  # clock starts here
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.is_main = self.rank == 0
@@ -145,12 +152,14 @@ class TrainingRun:
         self.resume = ckpt.load_checkpoint(self.resume_path, self.rank) if self.resume_path is not None else None
         started_before = (self.run_dir / "run.json").is_file()
         self._barrier()  # every rank has looked before rank 0 writes run.json
-        self._check_run_metadata(gate, started_before)
-
-        # --- model, processor, LoRA, CTC head. The base is built (tiny) or loaded (hub/folder) the same way on
-        # resume; the trained tensors then come from the checkpoint.
         self.family = get_family(r.model.family)
         self.train_cuts = self._read_train_cuts()
+        check_targets(self.train_cuts, r.data.train_manifest)  # empty transcripts: refused before any model work
+        # The base model and the manifests are pinned in run.json at the first start and checked on every resume.
+        self._check_run_metadata(gate, started_before)
+
+        # --- model, processor, LoRA, CTC head. The base is the pinned one, on the first start and on resume; the
+        # trained tensors then come from the checkpoint.
         self.model, self.processor = self._load_base()
         torch.manual_seed(r.train.seed)  # LoRA and CTC head init: the same on every rank
         if r.lora.enabled:
@@ -202,6 +211,7 @@ class TrainingRun:
         else:
             self._enter_phase(self._phase_for(1))
 
+        self.cost.carry_over(self.run_dir / METRICS_FILE)  # before the tracker truncates it to the checkpoint
         self.tracker = Tracker(
             self.run_dir, enabled=self.is_main, tensorboard=r.tracking.tensorboard, wandb=r.tracking.wandb,
             wandb_project=r.tracking.wandb_project, run_name=self.run_dir.name, config=r.to_dict(),
@@ -209,6 +219,10 @@ class TrainingRun:
             resume_step=self.step if self.resume else None,
             wandb_id=self.resume.state.get("wandb_id") if self.resume else None,
         )
+        if self.data_change:
+            self._event("new_data", self.data_change)
+        for event, message in hardware_warnings(r, self.world_size, device_memory_gib(self.device)):
+            self._event(event, message)
         self.preempt.install()
 
     # ============================================================================================== the loop
@@ -380,7 +394,8 @@ class TrainingRun:
         replay sees the same SpecAugment masks and draws no more random numbers."""
         audio, lens = batch["audio"], batch["audio_lens"]  # (B, T_samples), (B,)
         clips = [audio[i, : int(n)].numpy() for i, n in enumerate(lens)]
-        inputs = self.family.build_inputs(self.processor, clips, batch["texts"], dtype=self.model_dtype)
+        inputs = self.family.build_inputs(self.processor, clips, batch["texts"], dtype=self.model_dtype,
+                                          language=self.recipe.model.language)
         feats = inputs["input_features"]  # (B, n_mels, T_mel)
         frame_lens = torch.clamp((lens + HOP - 1) // HOP, max=feats.shape[-1])  # (B,) mel frames of real audio
         if "input_features_mask" in inputs:
@@ -488,7 +503,8 @@ class TrainingRun:
             model = self.model
             started = time.perf_counter()
             hyps = self.family.decode(model, self.processor, self.eval_set["audio"], max_new_tokens=e.max_new_tokens,
-                                      batch_size=e.batch_size, autocast_dtype=self.autocast_dtype)
+                                      batch_size=e.batch_size, autocast_dtype=self.autocast_dtype,
+                                      num_beams=e.num_beams, language=self.recipe.model.language)
             overall = score(self.eval_set["refs"], hyps, e.normaliser)
             record = {"kind": "eval", "step": self.step, "epoch": self.epoch, "wer": overall.wer,
                       "cer": overall.cer, "utterances": overall.utterances,
@@ -497,6 +513,7 @@ class TrainingRun:
                 rows = [i for i, d in enumerate(self.eval_set["domains"]) if d == domain]
                 s = score([self.eval_set["refs"][i] for i in rows], [hyps[i] for i in rows], e.normaliser)
                 record[f"wer/{domain}"], record[f"cer/{domain}"] = s.wer, s.cer
+            record.update(self.cost.fields())  # gpu_hours, cost_usd: CUDA runs with a price only
             self.tracker.log(record)
             improved = self.best is None or overall.wer < self.best[0]
             if improved:
@@ -524,7 +541,10 @@ class TrainingRun:
             for q in queues:
                 if q and len(chosen) < self.recipe.eval.samples:
                     chosen.append(q.pop(0))
-        batch = AsrBatchDataset(for_training_text=False)[CutSet.from_cuts(chosen)]  # no augmentation
+        # No augmentation; a clip past the family's window (Whisper: 30 s) fails here, at the start, not at the
+        # first eval.
+        dataset = AsrBatchDataset(for_training_text=False, max_seconds=self.family.max_audio_seconds)
+        batch = dataset[CutSet.from_cuts(chosen)]
         audio = [batch["audio"][i, : int(n)].numpy() for i, n in enumerate(batch["audio_lens"])]
         return {"ids": batch["ids"], "refs": [cut_text(c) for c in chosen], "domains": batch["domains"],
                 "audio": audio}
@@ -537,8 +557,7 @@ class TrainingRun:
         if self.ctc is not None:
             weights.update({CTC_HEAD_PREFIX + n: p for n, p in self.ctc.head.named_parameters()})
         rank_state = {
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "rng": ckpt.capture_rng(),  # as tensors and lists: the file is read back with weights_only=True
             "sampler": sampler_state(self.sampler, self.consumed),
             # Mid-accumulation (preemption): this process's partial gradients, unsynchronised under DDP.
             "grads": {n: p.grad.detach().cpu().clone() for n, p in self.named_trainable if p.grad is not None}
@@ -552,7 +571,7 @@ class TrainingRun:
             "last_loss": self.last_loss, "trained": sorted(self.trained),
             "metrics_offset": self.tracker.offset() if self.tracker is not None and self.is_main else 0,
             "wandb_id": self.tracker.wandb_id if self.tracker is not None and self.is_main else None,
-            "fingerprint": self.recipe.fingerprint(), "base": self.base_info,
+            "fingerprint": self.recipe.fingerprint(), "base": self.base_info, "manifests": self.manifests,
         }
         return ckpt.Snapshot(state=state, weights=weights, optimizer=self.optimizer.state_dict(),
                              rank_state=rank_state)
@@ -595,16 +614,17 @@ class TrainingRun:
                                   f"phase {phase.name!r}")
         self.optimizer.load_state_dict(snap.optimizer)
         rs = snap.rank_state
-        restore_sampler(self.sampler, rs["sampler"])
-        self.pending_loss = rs["pending_loss"].clone()
-        named = dict(self.named_trainable)
-        for name, grad in rs["grads"].items():
-            named[name].grad = grad.to(named[name].device, named[name].dtype)
-        random.setstate(rs["rng"]["python"])
-        np.random.set_state(rs["rng"]["numpy"])
-        torch.set_rng_state(rs["rng"]["torch"])
-        if rs["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rs["rng"]["cuda"])
+        if self.restart_epoch:
+            # --new-data: the saved position and partial step index the old manifest's batches; start the epoch over.
+            self.consumed, self.micro = 0, 0
+            self.sampler.set_epoch(self.epoch)
+        else:
+            restore_sampler(self.sampler, rs["sampler"])
+            self.pending_loss = rs["pending_loss"].clone()
+            named = dict(self.named_trainable)
+            for name, grad in rs["grads"].items():
+                named[name].grad = grad.to(named[name].device, named[name].dtype)
+        ckpt.restore_rng(rs["rng"])
         if self.is_main:
             print(f"Resuming from {self.resume_path}: step {self.step}, "
                   f"epoch {self.epoch}, phase {phase.name}, {self.consumed} batches into the epoch"
@@ -634,7 +654,7 @@ class TrainingRun:
         if self.is_main:
             print(f"caspi: {self.preempt.name} received: saved {path} (step {self.step}, epoch {self.epoch}, "
                   f"{self.micro} micro-batches into the next step); run the same command to resume", file=sys.stderr)
-            requeue = request_requeue()
+            requeue = request_requeue() if self.preempt.requeue_wanted else None  # not after Ctrl+C
             if requeue:
                 print(f"caspi: {requeue}", file=sys.stderr)
         return TrainResult(self.run_dir, self.step, self.epoch, True, self.last_loss,
@@ -673,9 +693,14 @@ class TrainingRun:
         return check_gate(report, self.recipe.data.train_manifest, force=self.force_gate)
 
     def _check_run_metadata(self, gate, started_before: bool) -> None:
-        """First start: write run.json and recipe.yaml. Later starts: the recipe must be the one stored."""
+        """First start: pin the base model (`_pin_base`) and the manifests' sha256, write run.json and recipe.yaml.
+        Later starts: the recipe must be the one stored, the manifests the ones the checkpoint was trained on
+        (`_check_manifests`); the pinned base is checked when `_load_base` loads it."""
         meta_path = self.run_dir / "run.json"
         fingerprint = self.recipe.fingerprint()
+        self.manifests = self._manifest_hashes()
+        self.data_change: str | None = None  # set when --new-data accepts a changed manifest; logged as an event
+        self.restart_epoch = False  # --new-data on a changed train manifest: the saved sampler position is dropped
         if started_before:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             if meta["fingerprint"] != fingerprint:
@@ -685,6 +710,8 @@ class TrainingRun:
                     f"{self.run_dir} holds a run of another recipe (changed: {', '.join(changed) or '?'}); resume "
                     "with the same recipe and overrides, or train into a new --out folder"
                 )
+            self.base_info = meta.get("base")  # None: a run from before pinning (`_load_base` warns)
+            self._check_manifests(meta)
             return
         if self.resume is not None:
             raise CheckpointError(f"{self.run_dir}: checkpoints without run.json; not a Caspi run folder")
@@ -696,12 +723,63 @@ class TrainingRun:
             meta = {
                 "fingerprint": fingerprint, "recipe_name": self.recipe.name, "overrides": self.overrides,
                 "recipe": self.recipe.to_dict(), "world_size": self.world_size,
-                "gate": gate.to_dict() if gate else None,
+                "gate": gate.to_dict() if gate else None, "base": self._pin_base(), "manifests": self.manifests,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "caspi": __version__, "torch": torch.__version__,
                 "transformers": transformers.__version__,
             }
             ckpt.write_text_atomic(meta_path, json.dumps(meta, indent=2, ensure_ascii=False))
             ckpt.write_text_atomic(self.run_dir / "recipe.yaml", self.recipe.to_yaml())
+        self._barrier()
+        # Every rank loads the base rank 0 pinned (a hub branch could move between two resolutions).
+        self.base_info = json.loads(meta_path.read_text(encoding="utf-8"))["base"]
+
+    def _manifest_hashes(self) -> dict[str, dict]:
+        """{"train": {"path", "sha256"}, "eval": ...} of the recipe's manifests (eval only when it exists)."""
+        from caspi.audit.gate import file_sha256
+
+        d = self.recipe.data
+        return {role: {"path": str(path), "sha256": file_sha256(path)}
+                for role, path in (("train", d.train_manifest), ("eval", d.eval_manifest))
+                if path and Path(path).is_file()}
+
+    def _check_manifests(self, meta: dict) -> None:
+        """A resume must read the manifests the checkpoint was trained on: the saved sampler position indexes the
+        train manifest's batches, and best-by-WER compares evals on the eval manifest. A changed one is refused,
+        naming both hashes, unless `--new-data`: then the current epoch restarts on the new data (sampler position
+        and the partial step dropped; the step count and LR schedule go on), run.json records the change and an
+        event is logged. Before any checkpoint a changed manifest is simply recorded."""
+        recorded = (self.resume.state.get("manifests") if self.resume is not None else None) or meta.get("manifests")
+        if recorded is None:
+            return  # a run from before manifests were recorded
+        changed = {role: (recorded.get(role, {}).get("sha256"), self.manifests.get(role, {}).get("sha256"))
+                   for role in ("train", "eval")}
+        changed = {role: pair for role, pair in changed.items() if pair[0] != pair[1]}
+        if not changed:
+            return
+        if self.resume is not None and not self.new_data:
+            role, (old, new) = next(iter(changed.items()))
+            path = self.manifests.get(role, recorded.get(role, {})).get("path")
+            raise CheckpointError(
+                f"{path}: the {role} manifest changed since checkpoint {self.resume_path.name} was saved (sha256 "
+                f"{old} then, {new} now); resuming would continue from a sampler position in other data. Restore "
+                f"that manifest to resume exactly, or pass --new-data to restart epoch {self.resume.state['epoch']} "
+                "on the new one"
+            )
+        if self.resume is not None:
+            self.restart_epoch = "train" in changed
+            self.data_change = (
+                f"--new-data: {' and '.join(changed)} manifest(s) changed since {self.resume_path.name} ("
+                + "; ".join(f"{role} sha256 {old} → {new}" for role, (old, new) in changed.items()) + ")"
+                + (f"; epoch {self.resume.state['epoch']} restarts on the new data" if self.restart_epoch else "")
+            )
+        if self.is_main:
+            meta["manifests"] = self.manifests
+            meta.setdefault("data_changes", []).append({
+                "step": self.resume.state["step"] if self.resume is not None else 0,
+                "changed": {role: {"old": old, "new": new} for role, (old, new) in changed.items()},
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            })
+            ckpt.write_text_atomic(self.run_dir / "run.json", json.dumps(meta, indent=2, ensure_ascii=False))
         self._barrier()
 
     def _read_train_cuts(self):
@@ -720,27 +798,33 @@ class TrainingRun:
             print(f"caspi: skipping {skipped} cuts outside {d.min_duration}..{d.max_duration} s", file=sys.stderr)
         return kept
 
-    def _load_base(self):
-        """Tiny: build the random model once, save it under RUN/base, and load it from there (a resume and
-        `caspi export` load the same files). Otherwise load the hub id / folder at its revision."""
+    def _pin_base(self) -> dict:
+        """The base this run trains on, as run.json records it (`caspi.models.families.pin_base`). Tiny: build the
+        random model once and save it under RUN/base (a resume and `caspi export` load the same files), pinned by
+        its content hash. Otherwise the hub id's commit sha or the local folder's content hash. Rank 0 only."""
         m = self.recipe.model
         if m.tiny:
             base_dir = self.run_dir / "base"
-            if self.is_main and not (base_dir / "config.json").is_file():
+            if not (base_dir / "config.json").is_file():
                 texts = sorted({cut_text(c) for c in self.train_cuts})
                 # He init of the audio front end: without it a model trained from scratch ignores the audio
                 # (REFERENCE.md, "Default init starves the decoder of audio"). Whisper's init needs no fix.
                 options = {"audio_init": "he"} if self.family.name == "qwen3_asr" else {}
-                model, processor = self.family.tiny(texts, seed=self.recipe.train.seed, size=m.tiny, **options)
+                model, processor = self.family.tiny(texts, seed=self.recipe.train.seed, size=m.tiny,
+                                                    language=m.language, **options)
                 tmp = self.run_dir / ".tmp-base"
                 model.save_pretrained(tmp)
                 processor.save_pretrained(tmp)
                 os.replace(tmp, base_dir)
-            self._barrier()
-            self.base_info = {"path": "base", "family": self.family.name}
-            return self.family.load(str(base_dir), dtype=self.model_dtype)
-        self.base_info = {"name_or_path": m.name_or_path, "revision": m.revision, "family": self.family.name}
-        return self.family.load(m.name_or_path, revision=m.revision, dtype=self.model_dtype)
+            return {**pin_base("base", in_run=True, folder=base_dir), "tiny": m.tiny}
+        return pin_base(m.name_or_path, m.revision)
+
+    def _load_base(self):
+        """The pinned base, the same on the first start and on every resume; a local folder that changed since
+        is refused with both hashes (see `caspi.train.export.load_base`)."""
+        from caspi.train.export import load_base
+
+        return load_base(self.run_dir, {"base": self.base_info}, self.recipe, self.family, self.model_dtype)
 
     def _count_batches(self) -> int:
         """Micro-batches per epoch for this rank, by a metadata-only pass of a twin sampler (no audio read)."""
@@ -753,7 +837,7 @@ class TrainingRun:
         generator = torch.Generator().manual_seed(self.recipe.train.seed)  # keeps the global RNG untouched
         loader = torch.utils.data.DataLoader(
             self.dataset, sampler=self.sampler, batch_size=None, num_workers=self.recipe.data.num_workers,
-            generator=generator,
+            generator=generator, worker_init_fn=ignore_interrupt_in_worker,
         )
         it = iter(loader)
         try:
@@ -824,6 +908,7 @@ class TrainingRun:
                        if not g["name"].endswith(".no_decay")})
         record.update({"grad_norm": self.grad_norm, "samples_per_s": round(clips_per_s, 2),
                        "mem_gib": round(_memory_gib(self.device), 3)})
+        record.update(self.cost.fields())  # gpu_hours, cost_usd: CUDA runs with a price only
         if self.tracker is not None:
             self.tracker.log(record)
 

@@ -1,6 +1,13 @@
 """Preemption: SIGTERM / SIGUSR1 set a flag; the training loop polls it at every micro-batch boundary, saves and
 exits. Nothing is saved inside the signal handler (Lightning does, and can hang: Lightning #21406).
 
+Ctrl+C (SIGINT) is the graceful stop of seed 001's emergency procedure ("press Ctrl+C ONCE, wait for the checkpoint
+save"): the first one sets the same flag, so the run saves and exits as on SIGTERM (exit 143, resume with the same
+command), but without a SLURM requeue (a person asked it to stop). A second Ctrl+C raises `KeyboardInterrupt` at
+once (the CLI exits 130) without waiting for the save; a half-written checkpoint is cleared at the next start.
+DataLoader workers ignore SIGINT (`ignore_interrupt_in_worker`): a terminal sends it to the whole process group, and
+a worker that died of it would crash the loop before it could save.
+
 Under SLURM (`SLURM_JOB_ID` set) the job asks to be requeued (`scontrol requeue $SLURM_JOB_ID`) after the save, so
 a job killed at its time limit (which SLURM does not requeue by itself) or preempted comes back and resumes; the
 recipe's `#SBATCH --signal=B:USR1@120` gives the early warning (REFERENCE.md, "A one-node SLURM cluster").
@@ -13,15 +20,21 @@ import shutil
 import signal
 import subprocess
 
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 EXIT_REQUEUE = 143  # 128 + SIGTERM: what a scheduler expects from a process that stopped on TERM
+_INTERRUPT_NOTICE = (
+    b"\ncaspi: Ctrl+C: saving a checkpoint at the next micro-batch boundary, then stopping; "
+    b"press Ctrl+C again to abort without saving\n"
+)
 
 
 class PreemptionFlag:
-    """Installs handlers for SIGTERM and SIGUSR1 that only record the signal; `restore()` puts the old ones back."""
+    """Installs handlers for SIGTERM, SIGUSR1 and SIGINT that only record the signal (a second SIGINT raises
+    `KeyboardInterrupt`); `restore()` puts the old ones back."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.interrupts = 0  # SIGINTs received
         self._previous: dict[int, object] = {}
 
     def install(self) -> PreemptionFlag:
@@ -32,6 +45,13 @@ class PreemptionFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                raise KeyboardInterrupt
+            # os.write, not print: the handler can run in the middle of a print to stderr (the progress bar), and
+            # a buffered stream entered twice raises "reentrant call".
+            os.write(2, _INTERRUPT_NOTICE)
         self.signal = signum
 
     @property
@@ -42,12 +62,22 @@ class PreemptionFlag:
     def name(self) -> str:
         return signal.Signals(self.signal).name if self.signal is not None else "-"
 
+    @property
+    def requeue_wanted(self) -> bool:
+        """A scheduler's stop (SIGTERM/SIGUSR1) asks to come back; Ctrl+C asks to stay stopped."""
+        return self.signal is not None and self.interrupts == 0
+
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             # None: the old handler was set outside Python and cannot be put back; signal.signal(sig, None) would
             # raise TypeError (in cleanup, masking whatever ended the run). The default action is the closest.
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
+
+
+def ignore_interrupt_in_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: SIGINT is for the training process alone (it stops the workers when it exits)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def request_requeue() -> str | None:
