@@ -152,20 +152,24 @@ def cmd_audit(args) -> int:
 
 
 def _eval_settings(args):
+    """(the recipe's eval section, its model.language), or the defaults and None (Hebrew) without --recipe."""
     from caspi.config import EvalConfig, load_recipe
 
     if args.overrides and args.recipe is None:
         raise ConfigError(f"{args.command}: overrides ({' '.join(args.overrides)}) need --recipe")
-    return load_recipe(args.recipe, args.overrides).eval if args.recipe else EvalConfig()
+    if args.recipe is None:
+        return EvalConfig(), None
+    recipe = load_recipe(args.recipe, args.overrides)
+    return recipe.eval, recipe.model.language
 
 
 def cmd_eval(args) -> int:
     from caspi.eval.evaluate import evaluate, render_table
 
-    e = _eval_settings(args)
+    e, language = _eval_settings(args)
     result = evaluate(args.manifest, args.out, model=args.model, hypotheses=args.hypotheses, normaliser=e.normaliser,
                       batch_size=e.batch_size, max_new_tokens=e.max_new_tokens, num_beams=e.num_beams,
-                      resamples=args.resamples, seed=args.seed, progress=not args.quiet)
+                      language=language, resamples=args.resamples, seed=args.seed, progress=not args.quiet)
     print(render_table(result.summary))
     print(f"predictions  {result.out_dir / 'predictions.jsonl'}\nsummary      {result.out_dir / 'summary.json'}")
     return EXIT_OK
@@ -177,7 +181,7 @@ def cmd_compare(args) -> int:
     from caspi.eval.evaluate import PREDICTIONS, SUMMARY, evaluate
     from caspi.eval.report import compare, render_table
 
-    e = _eval_settings(args)
+    e, language = _eval_settings(args)
     folders = []
     for label, system in zip("ab", (args.a, args.b)):
         # An eval folder, complete or not (`compare` refuses an incomplete one by name), is never taken for a model.
@@ -188,8 +192,8 @@ def cmd_compare(args) -> int:
             raise ConfigError(f"compare: {system} is not an eval output folder; pass --manifest to evaluate it first")
         out = Path(args.out) / f"eval-{label}"
         evaluate(args.manifest, out, model=system, normaliser=e.normaliser, batch_size=e.batch_size,
-                 max_new_tokens=e.max_new_tokens, num_beams=e.num_beams, resamples=args.resamples, seed=args.seed,
-                 progress=not args.quiet)
+                 max_new_tokens=e.max_new_tokens, num_beams=e.num_beams, language=language, resamples=args.resamples,
+                 seed=args.seed, progress=not args.quiet)
         folders.append(out)
     names = tuple(args.names) if args.names else (Path(args.a).name, Path(args.b).name)
     result = compare(folders[0], folders[1], args.out, names=names, resamples=args.resamples, seed=args.seed)

@@ -10,10 +10,13 @@ import pytest
 import torch
 from lhotse import CutSet, MonoCut
 
-from caspi.config import load_recipe
+from caspi.audit.scorers import AsrScorer
+from caspi.config import AsrScorerConfig, load_recipe
 from caspi.data.cuts import read_manifest, write_manifest
 from caspi.errors import DataError
+from caspi.eval.evaluate import evaluate
 from caspi.models import get_family
+from caspi.train.export import trained_language
 from caspi.train.loop import TrainingRun, train
 from caspi.train.resources import CostMeter, hardware_warnings
 
@@ -73,6 +76,15 @@ def test_language_and_num_beams_reach_the_model_and_world_size_is_checked(make_r
     assert "hardware.gpus_per_node × hardware.nodes = 2 × 1 = 2 process(es), but this run has 1" in warning["message"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert not any("cost_usd" in r or "gpu_hours" in r for r in records)  # CPU: no GPU hours, no cost figure
+
+    # eval and the audit's asr scorer decode the run in the language it was trained with, not the Hebrew default
+    calls["decode"].clear()
+    summary = evaluate(load_recipe(recipe).data.eval_manifest, tmp_path / "eval", model=str(run), max_new_tokens=3,
+                       resamples=10, progress=False).summary
+    assert summary["decoding"]["language"] == "English"
+    assert calls["decode"] and all(c["language"] == "English" for c in calls["decode"])
+    assert trained_language(run) == "English" and trained_language(tmp_path / "eval") is None
+    assert AsrScorer(AsrScorerConfig(enabled=True, model=str(run))).language == "English"
 
 
 class FakeClock:

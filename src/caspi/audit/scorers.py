@@ -344,12 +344,21 @@ class AsrScorer(Scorer):
             self._loaded = load_model(self.config.model)
         return self._loaded
 
+    @functools.cached_property
+    def language(self) -> str | None:
+        """The prompt language: a Caspi run decodes in the language it was trained with; else the family default."""
+        if not self.config.model:
+            return None
+        from caspi.train.export import trained_language
+
+        return trained_language(self.config.model)
+
     def measure(self, samples):
         from caspi.eval.metrics import score
 
         model, processor, family = self.loaded
         hyps = family.decode(model, processor, [s.audio for s in samples], max_new_tokens=self.config.max_new_tokens,
-                             batch_size=self.config.batch_size)
+                             batch_size=self.config.batch_size, language=self.language)
         out = []
         for s, h in zip(samples, hyps):
             sc = score([s.text], [h])

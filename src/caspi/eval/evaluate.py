@@ -43,9 +43,12 @@ class EvalResult:
 
 def evaluate(manifest: str | Path, out_dir: str | Path, *, model: str | None = None, hypotheses: str | None = None,
              normaliser: str = "scoring", batch_size: int = 8, max_new_tokens: int = 256, num_beams: int = 1,
-             resamples: int = 1000, seed: int = 0, progress: bool = True) -> EvalResult:
+             language: str | None = None, resamples: int = 1000, seed: int = 0,
+             progress: bool = True) -> EvalResult:
     """Score `model` (a Caspi run or checkpoint, an exported folder or a hub id) or a `hypotheses` JSONL file
-    (`id` — or the audio file's stem — and `hypothesis` per line) on `manifest`; write predictions and summary."""
+    (`id` — or the audio file's stem — and `hypothesis` per line) on `manifest`; write predictions and summary.
+    `language`: the decoding prompt's language (a recipe's `model.language`) for an export or hub id; a Caspi run
+    decodes in the language it was trained with; None: the family's default (Hebrew)."""
     if (model is None) == (hypotheses is None):
         raise DataError("evaluate: give either a model or a hypotheses file, not both or neither")
     out_dir = Path(out_dir)
@@ -57,7 +60,7 @@ def evaluate(manifest: str | Path, out_dir: str | Path, *, model: str | None = N
     domains = [cut_domain(c) for c in cuts]
     info: dict = {"manifest": str(manifest), "normaliser": normaliser}
     if model is not None:
-        hyps, info["decoding"] = _transcribe(model, cuts, batch_size, max_new_tokens, num_beams, progress)
+        hyps, info["decoding"] = _transcribe(model, cuts, batch_size, max_new_tokens, num_beams, language, progress)
         info["model"] = str(model)
     else:
         hyps, info["hypotheses_file"] = _read_hypotheses(Path(hypotheses), cuts), str(hypotheses)
@@ -74,15 +77,16 @@ def evaluate(manifest: str | Path, out_dir: str | Path, *, model: str | None = N
     return EvalResult(out_dir, summary)
 
 
-def _transcribe(spec: str, cuts: list, batch_size: int, max_new_tokens: int, num_beams: int,
+def _transcribe(spec: str, cuts: list, batch_size: int, max_new_tokens: int, num_beams: int, language: str | None,
                 progress: bool) -> tuple[list[str], dict]:
     """Hypotheses in the order of `cuts`, decoded in duration-sorted batches (little padding); throughput."""
     import torch
     from tqdm import tqdm
 
-    from caspi.train.export import load_model
+    from caspi.train.export import load_model, trained_language
 
     model, processor, family = load_model(spec)
+    language = trained_language(spec) or language
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     order = sorted(range(len(cuts)), key=lambda i: cuts[i].duration)
@@ -95,13 +99,14 @@ def _transcribe(spec: str, cuts: list, batch_size: int, max_new_tokens: int, num
         clips = [load_cut_audio(cuts[i]) for i in rows]
         audio_s += sum(len(c) for c in clips) / 16000
         out = family.decode(model, processor, clips, max_new_tokens=max_new_tokens, batch_size=len(clips),
-                            num_beams=num_beams)
+                            num_beams=num_beams, language=language)
         for i, h in zip(rows, out):
             hyps[i] = h
         bar.update(len(rows))
     bar.close()
     seconds = time.perf_counter() - started
-    decoding = {"device": str(device), "batch_size": batch_size, "num_beams": num_beams, "seconds": seconds,
+    decoding = {"device": str(device), "batch_size": batch_size, "num_beams": num_beams,
+                "language": language or "Hebrew", "seconds": seconds,
                 "clips_per_s": len(cuts) / seconds, "real_time_factor": seconds / audio_s if audio_s else None}
     print(f"decoded {len(cuts)} clips ({audio_s / 60:.1f} min of audio) in {seconds:.1f} s: "
           f"{len(cuts) / seconds:.1f} clips/s, real-time factor {decoding['real_time_factor']:.3f}", file=sys.stderr)

@@ -53,6 +53,17 @@ def resolve_run(path: str | Path) -> tuple[Path, Path]:
     raise CheckpointError(f"{path}: neither a Caspi run folder (with run.json) nor one of its checkpoint folders")
 
 
+def trained_language(spec: str | Path) -> str | None:
+    """The recipe's `model.language` of a Caspi run or checkpoint folder (what its prompts were trained with);
+    None for anything else (an export or hub id: the caller's recipe or the family default decides)."""
+    try:
+        run_dir, _ = resolve_run(spec)
+    except CheckpointError:
+        return None
+    meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    return validate_recipe_dict(meta["recipe"], source=str(run_dir / "run.json")).model.language
+
+
 def load_run(path: str | Path, dtype: torch.dtype | None = None):
     """(model, processor, family) of a run's checkpoint, LoRA merged; `dtype` defaults to the recipe's."""
     from transformers.utils import logging as hf_logging
