@@ -428,3 +428,21 @@ def test_language_tags_and_audio_windows_per_family():
         with pytest.raises(ConfigError, match="model.language"):
             qwen.language_tag(bad)
     assert (whisper.max_audio_seconds, qwen.max_audio_seconds) == (30.0, None)
+
+
+@pytest.mark.parametrize("name", ["qwen", "whisper"])
+def test_decode_gives_the_model_its_mode_back_also_when_generation_fails(name, request, monkeypatch):
+    family, model, processor = request.getfixturevalue(name)
+    model.train()
+    modes = []
+
+    def failing_generate(*args, **kwargs):
+        modes.append(model.training)
+        raise RuntimeError("out of memory in generate")
+
+    monkeypatch.setattr(model, "generate", failing_generate)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        family.decode(model, processor, AUDIO[:1], max_new_tokens=2)
+    assert modes == [False]  # generation ran in eval mode
+    assert model.training  # and the training mode came back despite the error
+    model.eval()

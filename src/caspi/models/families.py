@@ -95,7 +95,6 @@ class ModelFamily(ABC):
         """Model inputs for a batch of 16 kHz clips; with `texts`, also `labels` (-100 where there is no loss).
         `language`: the recipe's `model.language` (see `language_tag`); None: Hebrew."""
 
-    @abstractmethod
     def decode(
         self,
         model,
@@ -107,9 +106,29 @@ class ModelFamily(ABC):
         num_beams: int = 1,
         language: str | None = None,
     ) -> list[str]:
-        """Transcription of each clip: greedy, or beam search with `num_beams` > 1. `autocast_dtype`: run
-        generation under autocast (a model being trained holds float32 master copies next to bf16 weights);
-        feature extraction stays outside it. `language`: as in `build_inputs`."""
+        """Transcription of each clip, in batches of `batch_size`: greedy, or beam search with `num_beams` > 1.
+        `autocast_dtype`: run generation under autocast (a model being trained holds float32 master copies next to
+        bf16 weights); feature extraction stays outside it. `language`: as in `build_inputs`. The model runs in
+        eval mode and gets its own mode back afterwards, also when generation fails (an in-training eval that
+        raised must not leave dropout and checkpointing off)."""
+        was_training = model.training
+        model.eval()
+        first = next(model.parameters())
+        hyps: list[str] = []
+        try:
+            for start in range(0, len(audio), batch_size):
+                hyps += self._decode_batch(model, processor, audio[start : start + batch_size], device=first.device,
+                                           dtype=first.dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                           autocast_dtype=autocast_dtype, language=language)
+        finally:
+            model.train(was_training)
+        return hyps
+
+    @abstractmethod
+    def _decode_batch(self, model, processor, audio: list[np.ndarray], *, device: torch.device, dtype: torch.dtype,
+                      max_new_tokens: int, num_beams: int, autocast_dtype: torch.dtype | None,
+                      language: str | None) -> list[str]:
+        """One batch of `decode` (the model already in eval mode): features → generate → the texts."""
 
     @abstractmethod
     def param_groups(self, config) -> dict[str, GroupDef]:

@@ -363,42 +363,18 @@ class Qwen3ASRFamily(ModelFamily):
         return batch
 
     @torch.no_grad()
-    def decode(
-        self,
-        model,
-        processor,
-        audio: list[np.ndarray],
-        max_new_tokens: int = 128,
-        batch_size: int = 16,
-        autocast_dtype: torch.dtype | None = None,
-        num_beams: int = 1,
-        language: str | None = None,
-    ) -> list[str]:
-        """Transcription of each clip (greedy, or beam search with `num_beams` > 1): the text the model writes
-        after `language {language}<asr_text>` (None: Hebrew).
-
-        Prompts are left-padded (a batched decoder-only model must continue every row at the same position).
-        If the model writes another `<asr_text>`, the text after the last one is returned.
-        """
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        dtype = next(model.parameters()).dtype
-        tokenizer = processor.tokenizer
-        hyps: list[str] = []
-        for start in range(0, len(audio), batch_size):
-            chunk = audio[start : start + batch_size]
-            batch = self.build_inputs(processor, chunk, None, padding_side="left", dtype=dtype, language=language)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with generation_autocast(device, autocast_dtype):
-                generated = model.generate(
-                    **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams
-                )
-            new_tokens = generated[:, batch["input_ids"].shape[1] :]  # (B, ≤ max_new_tokens)
-            for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
-                hyps.append(text.rsplit(ASR_TEXT, 1)[-1].strip())
-        model.train(was_training)
-        return hyps
+    def _decode_batch(self, model, processor, audio, *, device, dtype, max_new_tokens, num_beams, autocast_dtype,
+                      language):
+        """The text the model writes after `language {language}<asr_text>` (None: Hebrew). Prompts are left-padded
+        (a batched decoder-only model must continue every row at the same position). If the model writes another
+        `<asr_text>`, the text after the last one is returned."""
+        batch = self.build_inputs(processor, audio, None, padding_side="left", dtype=dtype, language=language)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with generation_autocast(device, autocast_dtype):
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams)
+        new_tokens = generated[:, batch["input_ids"].shape[1] :]  # (B, ≤ max_new_tokens)
+        return [text.rsplit(ASR_TEXT, 1)[-1].strip()
+                for text in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     # --- parameter groups ------------------------------------------------------------------------------------
 

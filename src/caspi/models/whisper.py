@@ -253,39 +253,20 @@ class WhisperFamily(ModelFamily):
         return batch
 
     @torch.no_grad()
-    def decode(
-        self,
-        model,
-        processor,
-        audio: list[np.ndarray],
-        max_new_tokens: int = 128,
-        batch_size: int = 16,
-        autocast_dtype: torch.dtype | None = None,
-        num_beams: int = 1,
-        language: str | None = None,
-    ) -> list[str]:
-        """Transcription of each clip with the language token forced (`language`, Hebrew by default), task
-        `transcribe`, no timestamps; greedy, or beam search with `num_beams` > 1."""
-        code = self.language_tag(language)
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        dtype = next(model.parameters()).dtype
-        hyps: list[str] = []
-        for start in range(0, len(audio), batch_size):
-            batch = self.build_inputs(processor, audio[start : start + batch_size], None, dtype=dtype)
-            with generation_autocast(device, autocast_dtype):
-                generated = model.generate(
-                    input_features=batch["input_features"].to(device),
-                    language=code,
-                    task=TASK,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    num_beams=num_beams,
-                )
-            hyps.extend(t.strip() for t in processor.tokenizer.batch_decode(generated, skip_special_tokens=True))
-        model.train(was_training)
-        return hyps
+    def _decode_batch(self, model, processor, audio, *, device, dtype, max_new_tokens, num_beams, autocast_dtype,
+                      language):
+        """The language token forced (`language`, Hebrew by default), task `transcribe`, no timestamps."""
+        batch = self.build_inputs(processor, audio, None, dtype=dtype)
+        with generation_autocast(device, autocast_dtype):
+            generated = model.generate(
+                input_features=batch["input_features"].to(device),
+                language=self.language_tag(language),
+                task=TASK,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=num_beams,
+            )
+        return [t.strip() for t in processor.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
     def param_groups(self, config) -> dict[str, GroupDef]:
         """Named groups over Whisper's parameter names; `proj_out` is tied to `model.decoder.embed_tokens`."""
