@@ -7,12 +7,12 @@ forces it, and the override is recorded in the run's metadata.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from caspi.data.cuts import file_sha256  # noqa: F401 - re-exported: the gate compares manifests by it
 from caspi.errors import GateError
 
 PROCEED, CAUTION, STOP = "PROCEED", "CAUTION", "STOP"
@@ -98,15 +98,6 @@ def decide(low_quality_percentage: float, proceed_below: float = 10.0, stop_abov
     if low_quality_percentage > stop_above:
         return STOP
     return CAUTION
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (manifests are compared by content, not by name)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,17 @@ from pathlib import Path
 
 import numpy as np
 
-from caspi.audit.gate import PROCEED, STOP, Stratum, decide, file_sha256, stratified_share
+from caspi.audit.gate import PROCEED, STOP, Stratum, decide, stratified_share
 from caspi.audit.scorers import AuditSample, Scorer, build_scorers, is_hard
-from caspi.data.cuts import cut_domain, cut_text, load_cut_audio, read_manifest, write_jsonl, write_manifest
+from caspi.data.cuts import (
+    cut_domain,
+    cut_text,
+    file_sha256,
+    load_cut_audio,
+    read_manifest,
+    write_jsonl,
+    write_manifest,
+)
 from caspi.errors import AudioError, DataError
 
 REPORT_FILE, CLEANED_FILE, SCORES_FILE = "alignment_report.json", "cleaned.jsonl.gz", "scores.jsonl"

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from caspi.data.text import for_scoring
+from caspi.models.families import cached_hub_revision, folder_sha256, is_commit_sha
 from caspi.errors import ConfigError
 
 HARD_REASONS = frozenset({"unreadable", "no_speech", "empty_transcript", "latin_script"})
@@ -533,18 +534,6 @@ def supported_aligner_languages() -> list[str]:
     return sorted(processing_qwen3_asr.FORCED_ALIGNER_LANGUAGES)
 
 
-def _folder_digest(folder: Path, pattern: str = "*") -> str:
-    """sha256 over the files of `folder` matching `pattern` (recursive; hidden entries skipped): name, size, sha256."""
-    from caspi.audit.gate import file_sha256
-
-    digest = hashlib.sha256()
-    files = sorted(p for p in folder.rglob(pattern)
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    for path in files:
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{path.stat().st_size}\0{file_sha256(path)}\n".encode())
-    return digest.hexdigest()
-
-
 def model_identity(spec: str, revision: str | None = None) -> str:
     """What a scoring model is, by content, for the measurement cache.
 
@@ -569,22 +558,17 @@ def model_identity(spec: str, revision: str | None = None) -> str:
             run_dir, folder = resolve_run(path)
             meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
             recipe = meta.get("recipe") or {}
-            parts = {"checkpoint": folder.name, "weights": _folder_digest(folder, "*.safetensors"),
+            parts = {"checkpoint": folder.name, "weights": folder_sha256(folder, "*.safetensors"),
                      "model": recipe.get("model"), "lora": recipe.get("lora"), "base": meta.get("base"),
-                     "base_files": _folder_digest(run_dir / "base") if (run_dir / "base").is_dir() else None}
+                     "base_files": folder_sha256(run_dir / "base") if (run_dir / "base").is_dir() else None}
             digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
             return f"run:{folder.name}:{digest}"
-        return f"folder:{_folder_digest(path)}"
-    if revision is not None and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+        return f"folder:{folder_sha256(path)}"
+    if is_commit_sha(revision):
         return f"hub:{spec}@{revision}"
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(spec, "config.json", revision=revision)
-    except Exception:  # noqa: BLE001 - not a valid repo id, or no hub cache: handled as unresolved below
-        found = None
-    if isinstance(found, str):
-        return f"hub:{spec}@{Path(found).parent.name}"  # the hub cache's layout: snapshots/<commit>/config.json
+    cached = cached_hub_revision(spec, revision)
+    if cached is not None:
+        return f"hub:{spec}@{cached}"
     print(f"caspi: warning: cannot resolve the hub model {spec!r} (revision {revision or 'main'}) to a commit "
           "without a local copy; its cached audit measurements are keyed by the name only, so if the repo moves, "
           "audit into a fresh --out folder", file=sys.stderr)

@@ -8,6 +8,7 @@ Everything that builds or reads cuts goes through these helpers, so the layout i
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -142,3 +143,12 @@ def write_jsonl(records, path: str | Path) -> Path:
         os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
     tmp.replace(path)
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, streamed (manifests are compared by content, not by name)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -280,13 +280,14 @@ _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 _HASH_BLOCK = 1 << 20  # bytes read at a time: multi-GB weight files are streamed, never held in memory
 
 
-def folder_sha256(folder: str | Path) -> str:
+def folder_sha256(folder: str | Path, pattern: str = "*") -> str:
     """Content hash of a local model folder: sha256 over each file's relative path, size and bytes, in path
-    order. Hidden files and folders (.git, .cache) and Markdown files are left out: they do not change the model."""
+    order, for the files matching `pattern` (recursive). Hidden files and folders (.git, .cache) and Markdown files
+    are left out: they do not change the model."""
     folder = Path(folder)
     digest = hashlib.sha256()
     files = sorted(
-        p for p in folder.rglob("*")
+        p for p in folder.rglob(pattern)
         if p.is_file() and p.suffix != ".md" and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
     for path in files:
@@ -298,13 +299,31 @@ def folder_sha256(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
+def is_commit_sha(revision: str | None) -> bool:
+    """Whether a revision is already a full commit sha (40 lower-case hex digits): nothing to resolve."""
+    return revision is not None and _COMMIT_SHA.match(revision) is not None
+
+
+def cached_hub_revision(repo_id: str, revision: str | None) -> str | None:
+    """The commit sha the local hub cache holds for `revision` (None: main) of `repo_id`, or None when it holds
+    none (or `repo_id` is no valid hub id). No network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision or "main")
+    except Exception:  # noqa: BLE001 - an invalid repo id raises a validation error: nothing cached
+        return None
+    # The cache keeps `refs/<revision>` → sha and `snapshots/<sha>/config.json`; the snapshot folder is the sha.
+    return Path(cached).parent.name if isinstance(cached, str) else None
+
+
 def resolve_hub_revision(repo_id: str, revision: str | None) -> str:
     """The commit sha that `revision` (a branch, tag or sha; None: main) of hub model `repo_id` names: asked of
     the hub, or, offline (HF_HUB_OFFLINE=1 or no network), read from the local hub cache. CheckpointError when
     neither knows it."""
-    if revision and _COMMIT_SHA.match(revision):
+    if is_commit_sha(revision):
         return revision
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub import HfApi, constants
 
     problem = "HF_HUB_OFFLINE is set"
     if not constants.HF_HUB_OFFLINE:
@@ -314,10 +333,9 @@ def resolve_hub_revision(repo_id: str, revision: str | None) -> str:
                 return sha
         except Exception as exc:  # noqa: BLE001 - requests, hub HTTP and validation errors: fall back to the cache
             problem = f"the hub did not answer ({type(exc).__name__}: {_first_line(exc)})"
-    # The cache keeps `refs/<revision>` → sha and `snapshots/<sha>/config.json`; the snapshot folder is the sha.
-    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision or "main")
-    if isinstance(cached, str):
-        return Path(cached).parent.name
+    cached = cached_hub_revision(repo_id, revision)
+    if cached is not None:
+        return cached
     raise CheckpointError(
         f"cannot resolve hub model {repo_id!r} at revision {revision or 'main'!r} to a commit: {problem} and the "
         "local hub cache does not hold it; connect once, or set model.revision to a 40-hex commit sha"

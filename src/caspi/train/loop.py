@@ -53,7 +53,7 @@ from caspi.data.batches import (
     sampler_state,
     spec_augment_from_recipe,
 )
-from caspi.data.cuts import cut_domain, cut_text, read_manifest
+from caspi.data.cuts import cut_domain, cut_text, file_sha256, read_manifest
 from caspi.errors import CaspiError, CheckpointError, ConfigError, DataError
 from caspi.eval.metrics import score
 from caspi.models.ctc import CtcAux
@@ -735,8 +735,6 @@ class TrainingRun:
 
     def _manifest_hashes(self) -> dict[str, dict]:
         """{"train": {"path", "sha256"}, "eval": ...} of the recipe's manifests (eval only when it exists)."""
-        from caspi.audit.gate import file_sha256
-
         d = self.recipe.data
         return {role: {"path": str(path), "sha256": file_sha256(path)}
                 for role, path in (("train", d.train_manifest), ("eval", d.eval_manifest))
