@@ -50,6 +50,7 @@ from caspi.data.cuts import (
     read_manifest,
     write_jsonl,
     write_manifest,
+    write_text_atomic,
 )
 from caspi.errors import AudioError, DataError
 
@@ -169,10 +170,7 @@ def audit(manifest: str | Path, out_dir: str | Path, config, *, all_samples: boo
     report = build_report(samples, scorers, cache, reasons, config, manifest=manifest, cleaned_path=cleaned_path,
                           all_samples=all_samples, total_in_manifest=len(cuts),
                           population=Counter(cut_domain(c) for c in cuts), extra=extra)
-    report_path = out_dir / REPORT_FILE
-    tmp = report_path.with_name(f".tmp-{report_path.name}")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(report_path)
+    report_path = write_text_atomic(out_dir / REPORT_FILE, json.dumps(report, indent=2, ensure_ascii=False))
     return AuditResult(report["decision"], report["low_quality_percentage"], report, report_path, cleaned_path,
                        len(measured), measured)
 

@@ -132,17 +132,43 @@ def write_manifest(cuts: CutSet, path: str | Path) -> Path:
     return path
 
 
-def write_jsonl(records, path: str | Path) -> Path:
-    """Write dicts as JSON lines (UTF-8, Hebrew kept readable) atomically: temp file, fsync, rename."""
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so that a rename inside it survives a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, write) -> Path:
+    """Replace `path` atomically: `write(tmp)` fills a temp sibling `.tmp-<name>` (the suffix stays, so matplotlib
+    and csv writers see the real format), which is fsynced and renamed over `path`, and the folder fsynced. A reader
+    sees the old file or the new one, whole; a kill leaves at most the temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        f.flush()
+    write(tmp)
+    with open(tmp, "rb") as f:
         os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
-    tmp.replace(path)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
     return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """`text` (UTF-8) as the new content of `path`, atomically (`write_atomic`)."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_jsonl(records, path: str | Path) -> Path:
+    """Write dicts as JSON lines (UTF-8, Hebrew kept readable) atomically (`write_atomic`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+    return write_atomic(path, write)
 
 
 def file_sha256(path: str | Path) -> str:

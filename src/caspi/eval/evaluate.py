@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from caspi.data.cuts import cut_domain, cut_text, load_cut_audio, read_manifest, write_jsonl
+from caspi.data.cuts import cut_domain, cut_text, load_cut_audio, read_manifest, write_jsonl, write_text_atomic
 from caspi.data.text import NORMALISERS
 from caspi.errors import DataError
-from caspi.train.checkpoint import write_text_atomic
 from caspi.eval.stats import UtteranceCounts, bootstrap_ci, macro_bootstrap, percentile_ci, rate, utterance_counts
 
 PREDICTIONS, SUMMARY = "predictions.jsonl", "summary.json"

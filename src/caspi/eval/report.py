@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from caspi.data.cuts import write_atomic
 from caspi.errors import DataError
 from caspi.eval.evaluate import read_predictions
 from caspi.eval.stats import benjamini_hochberg, bootstrap_ci, independent_seeds, paired_bootstrap
@@ -94,22 +94,13 @@ def compare(a_dir: str | Path, b_dir: str | Path, out_dir: str | Path, *, names:
             "alpha": alpha, "test": "paired bootstrap over utterances (two-sided), each domain from its own "
                                     "random stream; Benjamini-Hochberg across domains, for WER and CER separately"}
     # Each output atomically (temp file, fsync, rename): an interrupted compare leaves no half-written table.
-    _atomic(out_dir / "comparison.json", lambda path: path.write_text(
+    write_atomic(out_dir / "comparison.json", lambda path: path.write_text(
         json.dumps({**meta, "rows": rows}, indent=2, ensure_ascii=False), encoding="utf-8"))
-    _atomic(out_dir / "comparison.csv", lambda path: _write_csv(path, rows, names))
-    _atomic(out_dir / "comparison.md", lambda path: path.write_text(render_markdown(rows, names, meta),
+    write_atomic(out_dir / "comparison.csv", lambda path: _write_csv(path, rows, names))
+    write_atomic(out_dir / "comparison.md", lambda path: path.write_text(render_markdown(rows, names, meta),
                                                                    encoding="utf-8"))
-    _atomic(out_dir / "comparison.png", lambda path: plot(rows, names, path))
+    write_atomic(out_dir / "comparison.png", lambda path: plot(rows, names, path))
     return CompareResult(rows, out_dir, any(r["verdict"] == WORSE for r in rows))
-
-
-def _atomic(path: Path, write) -> None:
-    """`write(tmp)` to a temp sibling with the same suffix (matplotlib picks the format by it), fsync, rename."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, rows: list[dict], names: tuple[str, str]) -> None:

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from caspi.data.cuts import fsync_dir as _fsync_dir
+from caspi.data.cuts import write_text_atomic  # noqa: F401 - used here and by the loop as ckpt.write_text_atomic
 from caspi.errors import CheckpointError
 
 STATE_FILE = "state.json"
@@ -67,25 +69,6 @@ def _order(name: str) -> tuple[int, int]:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically (temp file in the same folder, fsync, rename, fsync the folder)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _pause_for_tests() -> None:
