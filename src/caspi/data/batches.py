@@ -284,9 +284,8 @@ class AsrBatchDataset(torch.utils.data.Dataset):
     with scipy); the factor is `speed_factor(cut id, factors, seed, epoch)`. With `max_seconds` (the model
     family's window, e.g. Whisper's 30 s) a factor that would stretch a clip past it is skipped (the clip keeps
     its speed), and a clip already longer is an `AudioError`: the dataset never yields one. Call `set_epoch(e)`
-    before creating
-    the DataLoader iterator for that epoch: worker processes receive a copy of the dataset at that moment, so do
-    not combine this with `persistent_workers=True`.
+    before creating the DataLoader iterator for that epoch: worker processes receive a copy of the dataset at that
+    moment, so do not combine this with `persistent_workers=True`.
     """
 
     def __init__(
