@@ -13,7 +13,6 @@ half-cut transcripts and half-cut audio; precision ≥ 0.90. Other-utterance tra
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 from caspi.audit.run import audit
 from caspi.config import AuditConfig, apply_overrides, validate_recipe_dict
 from caspi.data.synth import ERROR_KINDS, synthesize
+from caspi.testing import planted_errors
 
 
 def main() -> None:
@@ -44,10 +44,7 @@ def main() -> None:
     result = audit(corpus / "train.jsonl.gz", out / f"audit-{corpus.name}", config, all_samples=True)
     seconds = time.perf_counter() - started
 
-    planted = {}
-    for line in (corpus / "planted_errors.jsonl").read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        planted[record["id"]] = record["kind"]
+    planted = {cut_id: record["kind"] for cut_id, record in planted_errors(corpus).items()}
     flagged = {f["id"]: f["reasons"] for f in result.report["flagged"]}
     n = result.report["total_samples"]
     share_flagged = len(flagged) / n

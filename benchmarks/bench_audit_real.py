@@ -22,7 +22,7 @@ from caspi.audit.run import audit
 from caspi.config import AuditConfig
 from caspi.data.audio import decode_audio, write_flac
 from caspi.data.cuts import cut_text, make_cut, read_manifest
-from caspi.data.manifest import import_source
+from caspi.data.ingest import import_source
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real-hebrew" / "saspeech" / "manifest.jsonl"
 CORRUPTIONS = ("silence", "swapped_transcript", "truncated_audio", "english_text")

@@ -4,7 +4,7 @@ Model: the tiny Qwen3-ASR of the real architecture (`family.tiny(..., size="s")`
 a Strategy-B-like subset (projector, the top 2 LLM layers, the LM head: tied, so the input embeddings) and every
 parameter (full fine-tune). Each gets an AdamW built as the loop builds it (`optimizer_param_groups`, weight decay
 0.01) and 2 optimizer steps on random audio with Hebrew transcripts, so its `exp_avg`/`exp_avg_sq`/`step` exist.
-The snapshot is built as `TrainingRun._snapshot` builds it: the trainable parameters by name, the optimizer's
+The snapshot is built as `caspi.train.state.snapshot` builds it: the trainable parameters by name, the optimizer's
 state_dict, and a rank state of every RNG, the real sampler state of a duration-bucketed sampler, no partial grads.
 
 Figures, per trainable set:
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from caspi.data.audio import SAMPLE_RATE
-from caspi.data.batches import make_sampler, sampler_state
-from caspi.data.cuts import make_cut
+from caspi.data.sampling import make_sampler, sampler_state
 from caspi.models.families import get_family
 from caspi.models.unfreeze import apply_trainable, optimizer_param_groups, trainable_names
+from caspi.testing import metadata_cut
 from caspi.train import checkpoint as ckpt
 
 TARGET = 1.05  # checkpoint bytes / trainable-state bytes must stay at or below this
@@ -63,8 +63,8 @@ def trained_model(size: str, spec: dict, steps: int, seed: int = 0):
 
 
 def rank_state() -> dict:
-    """What `TrainingRun._snapshot` puts in rank-0.pt at a step boundary: RNGs, the sampler's position, no grads."""
-    cuts = [make_cut(f"c{i:04d}", "/nonexistent.flac", SAMPLE_RATE * (1 + i % 10), "שלום") for i in range(500)]
+    """What `caspi.train.state.snapshot` puts in rank-0.pt at a step boundary: RNGs, the sampler position, no grads."""
+    cuts = [metadata_cut(f"c{i:04d}", 1 + i % 10) for i in range(500)]
     from lhotse import CutSet
 
     sampler = make_sampler(CutSet.from_cuts(cuts), max_cuts=16, num_buckets=30, seed=0)

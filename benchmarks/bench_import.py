@@ -24,8 +24,9 @@ import numpy as np
 import soundfile as sf
 
 from caspi.data.audio import SAMPLE_RATE
-from caspi.data.manifest import import_source
+from caspi.data.ingest import import_source
 from caspi.errors import DependencyError
+from caspi.testing import tone
 
 
 def synthesised_clips(root: Path, n: int) -> list[tuple[Path, str]]:
@@ -44,8 +45,8 @@ def tone_clips(root: Path, n: int, seed: int = 0) -> list[tuple[Path, str]]:
     clips = []
     for i in range(n):
         seconds = rng.uniform(1.0, 15.0)
-        t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-        x = 0.2 * np.sin(2 * np.pi * rng.uniform(100, 800) * t) + 0.02 * rng.standard_normal(t.size)  # (T,)
+        x = tone(seconds, rng.uniform(100, 800), amplitude=0.2)  # (T,)
+        x = x + 0.02 * rng.standard_normal(x.size)  # in faint white noise
         path = root / "tones" / f"tone{i:05d}.flac"
         sf.write(path, x.astype(np.float32), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
         clips.append((path, f"צליל מספר {i}"))

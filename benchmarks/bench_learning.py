@@ -26,7 +26,7 @@ import torch
 
 from caspi.cli import main as caspi
 from caspi.config import load_recipe
-from caspi.eval.metrics import score
+from caspi.scoring import score
 from caspi.train.loop import train
 
 
@@ -37,7 +37,7 @@ def studio_cers(run_dir: Path) -> list[tuple[int, float]]:
 
 def untrained_studio_cer(run_dir: Path, recipe) -> float:
     """CER of the base model (RUN/base, what training started from) on the studio clips of the eval subset."""
-    from caspi.data.batches import AsrBatchDataset
+    from caspi.data.dataset import AsrBatchDataset
     from caspi.data.cuts import cut_domain, cut_text, read_manifest
     from caspi.models.families import get_family
     from lhotse import CutSet

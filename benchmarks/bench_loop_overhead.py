@@ -17,9 +17,8 @@ sampler (`sampler_from_recipe`), dataset and DataLoader, inputs from `family.bui
 Overhead = loop / bare − 1, target ≤ 10 %, from two estimates that resist CPU contention (2 cores shared with
 whatever else runs; loop and bare alternate in `--rounds` short rounds): the median over rounds of the whole-run
 ratio, and the median over the loop's 10-step logging windows of loop / bare on the same steps (the window times
-come from metrics.jsonl's `samples_per_s`). The bare loop calls `model.train()`; at the time of writing the loop
-leaves the model in the eval mode `from_pretrained` returns (a bug reported separately), which changes no arithmetic
-here: the tiny configs have no dropout and gradient checkpointing is off.
+come from metrics.jsonl's `samples_per_s`). Both put the model in training mode (`from_pretrained` returns it in eval
+mode); the tiny configs have no dropout and gradient checkpointing is off, so the two do the same arithmetic.
 
     .venv/bin/python benchmarks/bench_loop_overhead.py [--clips 96] [--warmup 10] [--steps 100] [--rounds 5]
                                                        [--threads 1]
@@ -41,8 +40,9 @@ import torch
 import yaml
 
 from caspi.config import load_recipe
-from caspi.data.batches import dataset_from_recipe, sampler_from_recipe
 from caspi.data.cuts import read_manifest
+from caspi.data.dataset import dataset_from_recipe
+from caspi.data.sampling import sampler_from_recipe
 from caspi.data.synth import synthesize
 from caspi.models.families import get_family
 from caspi.models.unfreeze import apply_trainable, optimizer_param_groups, trainable_names
@@ -96,7 +96,7 @@ def run_bare(recipe_path: Path, base_dir: Path, total_steps: int) -> tuple[dict,
     model.train()
     cuts = read_manifest(recipe.data.train_manifest).to_eager()
     sampler = sampler_from_recipe(recipe, cuts)
-    dataset = dataset_from_recipe(recipe, train=True)
+    dataset = dataset_from_recipe(recipe, train=True, max_seconds=get_family(recipe.model.family).max_audio_seconds)
     times, losses, clips_per_step = {}, {}, {}
     step, epoch = 0, 1
     started = time.perf_counter()

@@ -17,9 +17,8 @@ import warnings
 from lhotse import CutSet
 from lhotse.dataset import SimpleCutSampler
 
-from caspi.data.audio import SAMPLE_RATE
-from caspi.data.batches import make_sampler
-from caspi.data.cuts import make_cut
+from caspi.data.sampling import make_sampler
+from caspi.testing import metadata_cut
 
 TARGET = 0.04  # Caspi's padding waste must stay at or below 4 %
 
@@ -28,7 +27,7 @@ def synthetic_cuts(num_clips: int, seed: int) -> CutSet:
     """Metadata-only cuts with durations uniform in [1, 15] s (the audio paths are never opened)."""
     rng = random.Random(seed)
     return CutSet.from_cuts(
-        make_cut(f"clip{i:05d}", "/nonexistent/clip.flac", int(rng.uniform(1.0, 15.0) * SAMPLE_RATE), "שלום")
+        metadata_cut(f"clip{i:05d}", rng.uniform(1.0, 15.0))
         for i in range(num_clips)
     )
 

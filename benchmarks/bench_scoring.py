@@ -1,4 +1,4 @@
-"""Bootstrap confidence intervals of WER and CER: Caspi's vectorised `caspi.eval.stats` against the straightforward
+"""Bootstrap confidence intervals of WER and CER: Caspi's vectorised `caspi.eval.bootstrap` against the straightforward
 per-resample jiwer loop, on the same utterances, in the same run.
 
 Data: `--utterances` synthetic Hebrew-ish pairs (references of 3-20 words drawn from a 48-word list, a final period
@@ -15,7 +15,7 @@ from 9 % to 21 % across 4 domains). Both paths compute the interval over `--resa
 Check: for every baseline resample, Σ errors / Σ reference length of the drawn utterances from the counts (the
 vectorised path's formula, as multinomial weights) must equal the baseline's `jiwer.wer` / `jiwer.cer` on that
 resample's lists. The two bootstrap distributions' agreement with a resample-by-resample reference loop is tested in
-tests/eval/test_stats.py. Target: 10,000 utterances with 1,000 resamples in seconds.
+tests/eval/test_bootstrap.py. Target: 10,000 utterances with 1,000 resamples in seconds.
 
     .venv/bin/python benchmarks/bench_scoring.py [--utterances 10000] [--resamples 1000] [--baseline-resamples 20]
 """
@@ -31,7 +31,8 @@ import jiwer
 import numpy as np
 
 from caspi.data.text import for_scoring
-from caspi.eval.stats import bootstrap_ci, rate, utterance_counts
+from caspi.eval.bootstrap import bootstrap_ci
+from caspi.scoring import rate, utterance_counts
 
 WORDS = (
     "שלום עולם היום מחר אתמול בבוקר בערב ירד גשם שמש חם קר אני אתה היא הוא אנחנו הם הולך באה ביתה עבודה "

@@ -41,6 +41,7 @@ from caspi.audit.vad import (
 )
 from caspi.data.audio import SAMPLE_RATE
 from caspi.data.cuts import cut_text, read_manifest
+from caspi.testing import torch_threads
 
 BUDGET_S = 180.0  # seconds for 2,500 clips: VAD + rate check + decoding, on 2 cores
 BUDGET_CLIPS = 2500
@@ -62,14 +63,10 @@ def clip_by_clip(clips: list[np.ndarray], model, threads: int) -> tuple[float, l
     """Seconds for silero's `get_speech_timestamps` on each clip alone, and its segments (seconds, unrounded)."""
     from silero_vad import get_speech_timestamps  # already imported by load_vad_model: no thread-count reset
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         start = time.perf_counter()
         found = [get_speech_timestamps(torch.from_numpy(x), model, sampling_rate=SAMPLE_RATE) for x in clips]
         seconds = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(before)
     return seconds, [[(d["start"] / SAMPLE_RATE, d["end"] / SAMPLE_RATE) for d in segs] for segs in found]
 
 

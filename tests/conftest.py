@@ -6,8 +6,11 @@ Without it they skip on a developer's machine, but they fail where it is require
 fixture that synthesises audio.
 
 Under CI a session that skipped any test for a reason other than a GPU fails, with the list of those tests: a green
-CI run means every test ran. This file imports only the standard library and pytest (tests/test_conftest.py runs
-it in a subprocess on generated tests).
+CI run means every test ran.
+
+`synth_corpus` is the small synthesised corpus the whole session shares (built once, read-only); the helpers tests
+repeat live in `caspi.testing`. At import this file needs only the standard library and pytest: tests/test_conftest.py
+runs it in subprocess sessions on generated tests, which must not pay for importing torch and lhotse.
 """
 
 from __future__ import annotations
@@ -99,6 +102,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for nodeid, reason in forbidden:
             terminalreporter.write_line(f"SKIPPED {nodeid}: {reason}")
         terminalreporter.write_line("CI fails on these: install what they need (only GPU tests may skip).")
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory, espeak):
+    """The corpus the session shares (`caspi.testing.SHARED_CORPUS`): its `SynthSummary`. Every file and folder in it
+    is read-only, so no test can change what the others read: a test that must write copies what it needs."""
+    from caspi import testing  # imported when first used, not with this file (module docstring)
+
+    summary = testing.synthesize_corpus(tmp_path_factory.mktemp("synth-corpus"))
+    for path in [summary.out_dir, *summary.out_dir.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    return summary
 
 
 @pytest.fixture

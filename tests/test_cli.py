@@ -3,6 +3,7 @@
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -68,6 +69,50 @@ def test_overrides_need_a_command_with_a_recipe(tmp_path, capsys):
     assert "takes no recipe" in capsys.readouterr().err
 
 
-def test_import_overrides_need_a_recipe(tmp_path, capsys):
-    assert main(["import", str(tmp_path), "--out", str(tmp_path / "m.jsonl.gz"), "data.max_duration=5"]) == 2
-    assert "need --recipe" in capsys.readouterr().err
+@pytest.mark.parametrize("command", [
+    ["import", "SRC", "--out", "OUT/m.jsonl.gz"],
+    ["audit", "--manifest", "M", "--out", "OUT"],
+    ["eval", "--hypotheses", "H", "--manifest", "M", "--out", "OUT"],
+    ["compare", "A", "B", "--out", "OUT"],
+])
+def test_overrides_need_a_recipe_in_every_command_that_takes_one(tmp_path, capsys, command):
+    argv = [word.replace("OUT", str(tmp_path / "out")) for word in command]
+    assert main([*argv, "data.max_duration=5"]) == 2
+    assert capsys.readouterr().err == f"caspi: error: {command[0]}: overrides (data.max_duration=5) need --recipe\n"
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("flags, recipe, limits", [
+    ([], False, (None, 0.0)),  # no recipe: only the flags limit
+    (["--max-duration", "7"], False, (7.0, 0.0)),
+    ([], True, (5.0, 0.0)),  # the recipe's data.max_duration (with its override), its min_duration
+    (["--min-duration", "0.5"], True, (5.0, 0.5)),  # a flag given wins over the recipe
+    (["--max-duration", "7"], True, (7.0, 0.0)),
+])
+def test_import_takes_each_duration_limit_from_its_flag_else_the_recipe(tmp_path, capsys, monkeypatch, flags, recipe,
+                                                                         limits):
+    from caspi.data import ingest
+
+    seen = {}
+
+    def fake_import(source, out, **options):
+        seen.update(options)
+        return SimpleNamespace(summary=lambda: "imported")
+
+    monkeypatch.setattr(ingest, "import_source", fake_import)
+    with_recipe = ["--recipe", str(RECIPES / "demo-cpu.yaml"), "data.max_duration=5"] if recipe else []
+    assert main(["import", "SRC", "--out", str(tmp_path / "m.jsonl.gz"), *flags, *with_recipe]) == 0
+    assert (seen["max_duration"], seen["min_duration"]) == limits
+    assert capsys.readouterr().out == "imported\n"
+
+
+@pytest.mark.parametrize("is_main, printed", [(True, True), (False, False)])
+def test_train_reports_on_the_main_process_only(tmp_path, capsys, monkeypatch, is_main, printed):
+    from caspi.train import loop
+
+    result = SimpleNamespace(preempted=False, is_main=is_main, best_wer=0.25, last_loss=1.5, step=3, epoch=1,
+                             run_dir=tmp_path / "run", checkpoint=tmp_path / "run" / "checkpoints" / "step-3")
+    monkeypatch.setattr(loop, "train", lambda recipe, out, **options: result)
+    assert main(["train", "--recipe", str(RECIPES / "demo-cpu.yaml"), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("trained 3 steps (1 epochs), last loss 1.5000, best WER 0.250\n") if printed else out == ""

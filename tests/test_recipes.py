@@ -7,11 +7,11 @@ built for real. A recipe naming a group the model lacks, or more layers than it 
 from pathlib import Path
 
 import pytest
-import torch
 
 from caspi.config import load_recipe
 from caspi.models import get_family
 from caspi.models.unfreeze import trainable_names
+from caspi.testing import meta_model
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -22,12 +22,7 @@ def _skeleton(recipe):
         return family.tiny(["שלום עולם", "מה שלומך"], size=recipe.model.tiny)[0]
     name = recipe.model.name_or_path
     size = {"qwen3_asr": "0.6B" if "0.6B" in name else "1.7B", "whisper": "large-v3"}[recipe.model.family]
-    config = family.reference_config(size)
-    from transformers import AutoModelForSpeechSeq2Seq, Qwen3ASRForConditionalGeneration
-
-    cls = Qwen3ASRForConditionalGeneration if recipe.model.family == "qwen3_asr" else AutoModelForSpeechSeq2Seq
-    with torch.device("meta"):
-        return cls(config) if cls is Qwen3ASRForConditionalGeneration else cls.from_config(config)
+    return meta_model(recipe.model.family, size)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)

@@ -1,4 +1,5 @@
-"""The `caspi` command line: parse, load the recipe, call one library function, map errors to exit codes.
+"""The `caspi` command line: parse, load the recipe, call one library function, print its result, map it and
+errors to exit codes. Each command holds no logic a notebook user would need: that lives in the library call.
 
 Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 the Phase 0 gate says STOP. A `CaspiError` is printed as
 one message; `--debug` shows the traceback. Heavy imports (torch, lhotse, transformers) happen inside commands
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import traceback
@@ -30,6 +30,18 @@ class _Parser(argparse.ArgumentParser):
 def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     """Positional words → (plain arguments, `key.sub=value` overrides)."""
     return [i for i in items if "=" not in i], [i for i in items if "=" in i]
+
+
+def _recipe(args):
+    """The --recipe file with its `key.sub=value` overrides applied, or None without --recipe (then overrides are
+    a usage error: there is nothing to apply them to)."""
+    from caspi.config import load_recipe
+
+    if args.recipe is None:
+        if args.overrides:
+            raise ConfigError(f"{args.command}: overrides ({' '.join(args.overrides)}) need --recipe")
+        return None
+    return load_recipe(args.recipe, args.overrides)
 
 
 # ---------------------------------------------------------------------------------------------------- commands
@@ -74,20 +86,15 @@ def cmd_synth(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from caspi.data.manifest import import_source
+    from caspi.data.ingest import import_source
 
-    from caspi.config import load_recipe
-
-    max_duration, min_duration = args.max_duration, args.min_duration
-    if args.overrides and args.recipe is None:
-        raise ConfigError(f"import: overrides ({' '.join(args.overrides)}) need --recipe")
-    if args.recipe is not None:
-        data = load_recipe(args.recipe, args.overrides).data
-        max_duration = data.max_duration if max_duration is None else max_duration
-        min_duration = data.min_duration if min_duration is None else min_duration
+    recipe = _recipe(args)
+    # A recipe's limits stand in for the flags not given; without one only the flags limit (no maximum, 0 s).
+    max_duration, min_duration = (recipe.data.import_limits(args.max_duration, args.min_duration) if recipe
+                                  else (args.max_duration, args.min_duration or 0.0))
     result = import_source(
         args.source, args.out, domain=args.domain, text_field=args.text_field, audio_field=args.audio_field,
-        id_field=args.id_field, split=args.split, max_duration=max_duration, min_duration=min_duration or 0.0,
+        id_field=args.id_field, split=args.split, max_duration=max_duration, min_duration=min_duration,
         strict=args.strict, workers=args.workers, progress=not args.quiet,
     )
     print(result.summary())
@@ -107,16 +114,14 @@ def cmd_stats(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from caspi.config import load_recipe
     from caspi.train.loop import train
     from caspi.train.preempt import EXIT_REQUEUE
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    result = train(recipe, args.out, overrides=args.overrides, force_gate=args.force_gate,
+    result = train(_recipe(args), args.out, overrides=args.overrides, force_gate=args.force_gate,
                    cpu_fallback=args.cpu_fallback, progress=not args.quiet, new_data=args.new_data)
     if result.preempted:
         return EXIT_REQUEUE
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+    if not result.is_main:  # under torchrun, rank 0 reports
         return EXIT_OK
     best = f", best WER {result.best_wer:.3f}" if result.best_wer is not None else ""
     loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "-"
@@ -129,11 +134,10 @@ def cmd_train(args) -> int:
 def cmd_audit(args) -> int:
     from caspi.audit.gate import STOP
     from caspi.audit.run import audit, render_summary
-    from caspi.config import AuditConfig, load_recipe
+    from caspi.config import AuditConfig
 
-    if args.overrides and args.recipe is None:
-        raise ConfigError(f"audit: overrides ({' '.join(args.overrides)}) need --recipe")
-    config = load_recipe(args.recipe, args.overrides).audit if args.recipe else AuditConfig()
+    recipe = _recipe(args)
+    config = recipe.audit if recipe else AuditConfig()
     if args.clean is not None:
         config = config.model_copy(update={"clean": args.clean})
     result = audit(args.manifest, args.out, config, all_samples=args.all, progress=not args.quiet)
@@ -151,24 +155,16 @@ def cmd_audit(args) -> int:
     return EXIT_STOP if result.decision == STOP else EXIT_OK
 
 
-def _eval_settings(args):
-    """(the recipe's eval section, its model.language), or the defaults and None (Hebrew) without --recipe."""
-    from caspi.config import EvalConfig, load_recipe
-
-    if args.overrides and args.recipe is None:
-        raise ConfigError(f"{args.command}: overrides ({' '.join(args.overrides)}) need --recipe")
-    if args.recipe is None:
-        return EvalConfig(), None
-    recipe = load_recipe(args.recipe, args.overrides)
-    return recipe.eval, recipe.model.language
+def _eval_settings(recipe):
+    """(the recipe's eval section, its model.language), or (None, None): `evaluate`'s defaults, Hebrew."""
+    return (recipe.eval, recipe.model.language) if recipe else (None, None)
 
 
 def cmd_eval(args) -> int:
     from caspi.eval.evaluate import evaluate, render_table
 
-    e, language = _eval_settings(args)
-    result = evaluate(args.manifest, args.out, model=args.model, hypotheses=args.hypotheses, normaliser=e.normaliser,
-                      batch_size=e.batch_size, max_new_tokens=e.max_new_tokens, num_beams=e.num_beams,
+    config, language = _eval_settings(_recipe(args))
+    result = evaluate(args.manifest, args.out, config, model=args.model, hypotheses=args.hypotheses,
                       language=language, resamples=args.resamples, seed=args.seed, progress=not args.quiet)
     print(render_table(result.summary))
     print(f"predictions  {result.out_dir / 'predictions.jsonl'}\nsummary      {result.out_dir / 'summary.json'}")
@@ -176,27 +172,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from pathlib import Path
+    from caspi.eval.compare import compare_systems, render_table
 
-    from caspi.eval.evaluate import PREDICTIONS, SUMMARY, evaluate
-    from caspi.eval.report import compare, render_table
-
-    e, language = _eval_settings(args)
-    folders = []
-    for label, system in zip("ab", (args.a, args.b)):
-        # An eval folder, complete or not (`compare` refuses an incomplete one by name), is never taken for a model.
-        if (Path(system) / PREDICTIONS).is_file() or (Path(system) / SUMMARY).is_file():
-            folders.append(system)
-            continue
-        if args.manifest is None:
-            raise ConfigError(f"compare: {system} is not an eval output folder; pass --manifest to evaluate it first")
-        out = Path(args.out) / f"eval-{label}"
-        evaluate(args.manifest, out, model=system, normaliser=e.normaliser, batch_size=e.batch_size,
-                 max_new_tokens=e.max_new_tokens, num_beams=e.num_beams, language=language, resamples=args.resamples,
-                 seed=args.seed, progress=not args.quiet)
-        folders.append(out)
-    names = tuple(args.names) if args.names else (Path(args.a).name, Path(args.b).name)
-    result = compare(folders[0], folders[1], args.out, names=names, resamples=args.resamples, seed=args.seed)
+    config, language = _eval_settings(_recipe(args))
+    result = compare_systems(args.a, args.b, args.out, manifest=args.manifest, config=config, language=language,
+                             names=args.names, resamples=args.resamples, seed=args.seed, progress=not args.quiet)
+    names = result.names
     print(render_table(result.rows, names))
     for ext in ("csv", "json", "md", "png"):
         print(f"comparison.{ext:<5} {result.out_dir / f'comparison.{ext}'}")

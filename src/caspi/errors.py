@@ -50,3 +50,8 @@ class GateError(CaspiError):
 
 class CheckpointError(CaspiError):
     """A checkpoint or run directory is missing, incomplete or does not match the recipe."""
+
+
+class TrainingError(CaspiError):
+    """The run cannot go on (e.g. too many non-finite losses in a row, CUDA asked for but absent); the message says
+    what to change."""

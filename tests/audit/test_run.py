@@ -14,9 +14,9 @@ from caspi.audit.gate import check_gate
 from caspi.audit.run import audit, stratified_sample
 from caspi.cli import main
 from caspi.config import AuditConfig
-from caspi.data import synth
-from caspi.data.cuts import cut_domain, make_cut, read_manifest
+from caspi.data.cuts import cut_domain, read_manifest
 from caspi.errors import DataError, GateError
+from caspi.testing import metadata_cut, planted_errors, synthesize_corpus
 
 REPORT_KEYS = {"decision", "low_quality_percentage", "low_quality_ci95", "total_samples", "low_quality_samples",
                "coverage", "domain_statistics", "flagged", "scorers", "manifest_sha256", "created_at",
@@ -25,17 +25,15 @@ REPORT_KEYS = {"decision", "low_quality_percentage", "low_quality_ci95", "total_
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, espeak):
+    """96 training clips, 24 planted errors. Not the shared `synth_corpus` (24 clips): the rate scorer judges a clip
+    against its own domain only from 20 clips a domain up, and the numbers below were measured on this corpus."""
     out = tmp_path_factory.mktemp("audit-corpus")
-    synth.synthesize(out, 96, 0, seed=2, error_rate=0.25, workers=2, progress=False)
+    synthesize_corpus(out, n_train=96, n_eval=0, seed=2, error_rate=0.25)
     return out
 
 
 def fake_cuts(counts: dict[str, int]) -> list:
-    cuts = []
-    for domain, n in counts.items():
-        for i in range(n):
-            cuts.append(make_cut(f"{domain}-{i:04d}", "/nonexistent.flac", 32000, "שלום", domain=domain))
-    return cuts
+    return [metadata_cut(f"{domain}-{i:04d}", 2.0, domain=domain) for domain, n in counts.items() for i in range(n)]
 
 
 def test_stratified_sample_is_proportional_and_deterministic():
@@ -78,7 +76,7 @@ def test_audit_cli_report_cleaned_manifest_and_cache(corpus, tmp_path, capsys):
     assert lo <= report["low_quality_percentage"] <= hi
     assert set(report["domain_statistics"]) == {"studio", "broadcast", "whatsapp", "d1"}
     assert all(f["reasons"] for f in report["flagged"])
-    planted = {json.loads(x)["id"] for x in (corpus / "planted_errors.jsonl").read_text().splitlines()}
+    planted = set(planted_errors(corpus))
     flagged = {f["id"] for f in report["flagged"]}
     assert len(flagged & planted) >= len(planted) // 2  # most planted errors are caught (measured in benchmarks)
     cleaned = {c.id for c in read_manifest(out / "cleaned.jsonl.gz")}
@@ -135,7 +133,7 @@ def test_the_decision_weights_an_oversampled_domain_by_its_manifest_share(tmp_pa
     for domain, n, bad in (("whatsapp_noisy", 2000, 0.30), ("kan_clean", 6000, 0.02), ("long_tail", 2000, 0.05)):
         for i in range(n):
             text = "hello there my friend" if int((i + 1) * bad) > int(i * bad) else "שלום עולם"  # evenly spread
-            cuts.append(make_cut(f"{domain}-{i:05d}", "/nonexistent.flac", 32000, text, domain=domain))
+            cuts.append(metadata_cut(f"{domain}-{i:05d}", 2.0, text, domain))
     manifest = tmp_path / "m.jsonl.gz"
     CutSet.from_cuts(cuts).to_file(manifest)
     config = AuditConfig(sample_fraction=0.1, workers=1)
@@ -166,9 +164,8 @@ def heldout(tmp_path_factory, espeak):
     50, 21 planted errors (14 %: the truth is CAUTION), none of them a wrong transcript (which no model-free
     scorer sees)."""
     out = tmp_path_factory.mktemp("heldout")
-    synth.synthesize(out, 280, 0, seed=50, error_rate=0.25, workers=2, progress=False, min_words=2, max_words=8)
-    planted = {json.loads(x)["id"]: json.loads(x)["kind"]
-               for x in (out / "planted_errors.jsonl").read_text().splitlines()}
+    synthesize_corpus(out, n_train=280, n_eval=0, seed=50, error_rate=0.25, min_words=2, max_words=8)
+    planted = {cut_id: record["kind"] for cut_id, record in planted_errors(out).items()}
     cuts = list(read_manifest(out / "train.jsonl.gz"))
     keep = []
     for domain in ("studio", "broadcast", "whatsapp"):
@@ -228,7 +225,7 @@ def test_changed_transcripts_and_replaced_audio_are_measured_again(corpus, tmp_p
     import numpy as np
     import soundfile as sf
 
-    planted = {json.loads(x)["id"] for x in (corpus / "planted_errors.jsonl").read_text().splitlines()}
+    planted = set(planted_errors(corpus))
     cuts, manifest = copy_corpus(corpus, tmp_path, 40)
     out, config = tmp_path / "p0", AuditConfig(workers=1)
     first = audit(manifest, out, config, all_samples=True, progress=False)
@@ -336,8 +333,7 @@ def test_asr_measurements_follow_the_run_as_it_trains_further(corpus, tmp_path):
 def test_cleaning_scores_every_sample_not_only_the_decision_sample(corpus, tmp_path):
     manifest = corpus / "train.jsonl.gz"
     cuts = list(read_manifest(manifest))
-    planted = {json.loads(x)["id"]: json.loads(x)["kind"] for x in (corpus / "planted_errors.jsonl").read_text()
-               .splitlines()}
+    planted = {cut_id: record["kind"] for cut_id, record in planted_errors(corpus).items()}
     config = AuditConfig(workers=1, sample_fraction=0.25, proceed_below=50, stop_above=60)
     sampled = {c.id for c in stratified_sample(cuts, 0.25, config.seed)}
     hard_outside = {i for i, kind in planted.items()

@@ -3,9 +3,6 @@ silence and noise."""
 
 from __future__ import annotations
 
-import json
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
 import torch
@@ -14,10 +11,9 @@ from caspi.audit import vad
 from caspi.data import synth
 from caspi.data.cuts import cut_domain, read_manifest
 from caspi.errors import ConfigError, DataError
-
+from caspi.testing import planted_errors, torch_threads
 
 SR = vad.SAMPLE_RATE
-N_TRAIN, RATE = 24, 0.25  # 6 planted errors, one of each kind: one is silence_or_noise
 
 
 @pytest.fixture(scope="session")
@@ -34,25 +30,14 @@ def silero(model):
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory, espeak):
-    """24 espeak-ng clips, 6 per domain, with planted errors: [(cut, audio (T,), planted kind or None)]."""
-    out = tmp_path_factory.mktemp("vad-corpus")
-    summary = synth.synthesize(out, N_TRAIN, 0, seed=0, error_rate=RATE, workers=1, progress=False)
-    planted = {r["id"]: r for r in map(json.loads, summary.planted_errors.read_text().splitlines())}
+def corpus(synth_corpus):
+    """The shared corpus's 24 training clips, 6 per domain, 6 of them with a planted error (each kind once, so one is
+    silence_or_noise): [(cut, audio (T,), planted kind or None)]."""
+    planted = planted_errors(synth_corpus.out_dir)
     return [
-        (cut, cut.load_audio()[0], planted.get(cut.id, {}).get("kind")) for cut in read_manifest(summary.train_manifest)
+        (cut, cut.load_audio()[0], planted.get(cut.id, {}).get("kind"))
+        for cut in read_manifest(synth_corpus.train_manifest)
     ]
-
-
-@contextmanager
-def _one_thread():
-    """silero's default; its one-window calls crawl with 2 threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _silero_alone(model, clip: np.ndarray) -> np.ndarray:
@@ -60,7 +45,7 @@ def _silero_alone(model, clip: np.ndarray) -> np.ndarray:
     model.reset_states()
     x = torch.from_numpy(clip)
     probs = []
-    with torch.no_grad(), _one_thread():
+    with torch.no_grad(), torch_threads(1):  # silero's default; one-window calls crawl on 2 threads of a busy machine
         for start in range(0, len(x), vad.WINDOW):
             chunk = x[start : start + vad.WINDOW]
             chunk = torch.nn.functional.pad(chunk, (0, vad.WINDOW - len(chunk)))
@@ -194,7 +179,7 @@ def test_segments_match_get_speech_timestamps_on_speech_with_silence_around(corp
     probs = vad.speech_probabilities(clips, model=model)
     for i, (clip, p) in enumerate(zip(clips, probs)):
         ours = vad.speech_segments(p, num_samples=len(clip))
-        with _one_thread():  # time_resolution=3: silero rounds seconds to 0.1 s by default
+        with torch_threads(1):  # time_resolution=3: silero rounds seconds to 0.1 s by default
             theirs = silero.get_speech_timestamps(
                 torch.from_numpy(clip), model, sampling_rate=SR, return_seconds=True, time_resolution=3
             )

@@ -6,15 +6,11 @@ import soundfile as sf
 
 from caspi.data.audio import SAMPLE_RATE, decode_audio, resample, write_flac
 from caspi.errors import AudioError
-
-
-def _tone(sr, seconds=1.0, freq=440.0):
-    t = np.arange(int(sr * seconds)) / sr
-    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+from caspi.testing import tone
 
 
 def test_stereo_44k_wav_becomes_16k_mono(tmp_path):
-    left, right = _tone(44_100), _tone(44_100, freq=880.0)
+    left, right = tone(1.0, 440.0, 44_100), tone(1.0, 880.0, 44_100)
     path = tmp_path / "a b.wav"  # a space in the name, as in real corpora
     sf.write(path, np.stack([left, right], axis=1), 44_100, subtype="FLOAT")
     samples, orig = decode_audio(path)
@@ -27,10 +23,10 @@ def test_stereo_44k_wav_becomes_16k_mono(tmp_path):
 
 def test_bytes_and_flac_round_trip(tmp_path):
     path = tmp_path / "x.flac"
-    write_flac(path, _tone(SAMPLE_RATE))
+    write_flac(path, tone(1.0))
     samples, orig = decode_audio(path.read_bytes(), name="row 7")
     assert orig == SAMPLE_RATE and len(samples) == SAMPLE_RATE
-    np.testing.assert_allclose(samples, _tone(SAMPLE_RATE), atol=1e-4)  # 16-bit quantisation
+    np.testing.assert_allclose(samples, tone(1.0), atol=1e-4)  # 16-bit quantisation
 
 
 @pytest.mark.parametrize(
@@ -60,7 +56,7 @@ def test_compressed_formats_decode(tmp_path, fmt, subtype, suffix):
     if fmt not in sf.available_formats():
         pytest.skip(f"this libsndfile has no {fmt}")
     path = tmp_path / f"x{suffix}"
-    sf.write(path, _tone(22_050), 22_050, format=fmt, subtype=subtype)
+    sf.write(path, tone(1.0, 440.0, 22_050), 22_050, format=fmt, subtype=subtype)
     samples, orig = decode_audio(path)
     assert orig == 22_050
     # Lossy codecs add priming/padding samples: the length is close, the tone is there.

@@ -8,25 +8,20 @@ import numpy as np
 import pytest
 from lhotse import CutSet
 
-from caspi.data.cuts import make_cut, write_manifest
+from caspi.data.cuts import write_manifest
 from caspi.data.stats import ManifestStats, render_table, stats_for_manifest
-
-SR = 16_000
-
-
-def cut(cut_id: str, seconds: float, text: str, domain: str):
-    return make_cut(cut_id, f"/nowhere/{cut_id}.flac", int(seconds * SR), text, domain)
+from caspi.testing import metadata_cut
 
 
 @pytest.fixture
 def cuts() -> list:
     return [
-        cut("a1", 1.0, "אב", "studio"),  # 2 chars / 1 s
-        cut("a2", 2.0, "שָׁלוֹם", "studio"),  # niqqud removed by for_training: 4 chars / 2 s
-        cut("a3", 3.0, "אבגדה ו", "studio"),  # 7 chars (space counts) / 3 s
-        cut("a4", 4.0, "א" * 12, "studio"),  # 12 chars / 4 s
-        cut("b1", 10.0, "ֳ", "phone"),  # only a niqqud mark: empty once normalised
-        cut("b2", 5.0, "אבגדהוזחטי", "phone"),  # 10 chars / 5 s
+        metadata_cut("a1", 1.0, "אב", "studio"),  # 2 chars / 1 s
+        metadata_cut("a2", 2.0, "שָׁלוֹם", "studio"),  # niqqud removed by for_training: 4 chars / 2 s
+        metadata_cut("a3", 3.0, "אבגדה ו", "studio"),  # 7 chars (space counts) / 3 s
+        metadata_cut("a4", 4.0, "א" * 12, "studio"),  # 12 chars / 4 s
+        metadata_cut("b1", 10.0, "ֳ", "phone"),  # only a niqqud mark: empty once normalised
+        metadata_cut("b2", 5.0, "אבגדהוזחטי", "phone"),  # 10 chars / 5 s
     ]
 
 
@@ -80,7 +75,7 @@ def test_combine_equals_accumulate_over_the_union(cuts):
         assert got.duration == pytest.approx(summary.duration)
         assert got.cps == pytest.approx(summary.cps)
     assert a.overall().count == 2  # combine() does not modify its inputs
-    merged.accumulate([cut("x", 1.0, "א", "studio")])
+    merged.accumulate([metadata_cut("x", 1.0, "א", "studio")])
     assert a.overall().count == 2 and b.overall().count == 3
 
 

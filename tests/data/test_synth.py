@@ -14,9 +14,10 @@ from caspi.data import synth
 from caspi.data.cuts import cut_domain, cut_text, read_manifest
 from caspi.data.text import for_training
 from caspi.errors import ConfigError, DependencyError
+from caspi.testing import SHARED_CORPUS, planted_errors, synthesize_corpus
 
-
-N_TRAIN, N_EVAL, RATE = 24, 8, 0.25  # 0.25 * 24 = 6 planted errors: each kind exactly once
+# The shared corpus (tests/conftest.py's `synth_corpus`): 0.25 * 24 = 6 planted errors, each kind exactly once.
+N_TRAIN, N_EVAL, SEED, RATE = (SHARED_CORPUS[key] for key in ("n_train", "n_eval", "seed", "error_rate"))
 HEBREW_LETTER = re.compile("[\u05d0-\u05ea]")
 NIQQUD_OR_DIGIT = re.compile("[\u0591-\u05c7\\d]")
 ID = re.compile(r"^(train|eval)-(studio|broadcast|whatsapp|d1)-\d{6}$")
@@ -29,11 +30,6 @@ def _audio(cut) -> np.ndarray:
 
 def _by_id(path) -> dict:
     return {c.id: c for c in read_manifest(path)}
-
-
-def _planted(summary) -> dict[str, dict]:
-    lines = summary.planted_errors.read_text(encoding="utf-8").splitlines()
-    return {r["id"]: r for r in map(json.loads, lines)}
 
 
 def _frame_rms(x: np.ndarray, frame: int = 320) -> np.ndarray:  # 20 ms frames at 16 kHz
@@ -49,15 +45,14 @@ def _high_band_share(x: np.ndarray, cutoff_hz: float = 4100.0) -> float:
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("planted")
-    return synth.synthesize(out, N_TRAIN, N_EVAL, seed=0, error_rate=RATE, workers=2, progress=False)
+def planted(synth_corpus):
+    return synth_corpus
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
-    out = tmp_path_factory.mktemp("clean")
-    return synth.synthesize(out, N_TRAIN, N_EVAL, seed=0, error_rate=0.0, workers=2, progress=False)
+    """The shared corpus's clips without planted errors: what each planted clip was before its error."""
+    return synthesize_corpus(tmp_path_factory.mktemp("clean"), error_rate=0.0)
 
 
 @pytest.mark.espeak
@@ -106,16 +101,21 @@ def test_domains_have_their_acoustic_conditions(clean):
 @pytest.mark.espeak
 def test_same_seed_is_identical_and_another_seed_differs(planted, tmp_path):
     def snapshot(summary):
-        manifests = [gzip.decompress(p.read_bytes()) for p in (summary.train_manifest, summary.eval_manifest)]
+        # Manifests hold absolute audio paths: the corpus's own folder is written alike in every snapshot.
+        folder = str(summary.out_dir).encode()
+        manifests = [gzip.decompress(p.read_bytes()).replace(folder, b"<corpus>")
+                     for p in (summary.train_manifest, summary.eval_manifest)]
         audio = {p.name: p.read_bytes() for p in sorted(summary.audio_dir.glob("*.flac"))}
         return manifests, audio, summary.planted_errors.read_bytes()
 
     before = snapshot(planted)
-    # Same directory (manifests hold absolute paths), one worker instead of two: nothing may change.
-    again = synth.synthesize(planted.out_dir, N_TRAIN, N_EVAL, seed=0, error_rate=RATE, workers=1, progress=False)
+    # Another folder (the shared corpus is read-only), one worker instead of two: nothing else may change.
+    again = synth.synthesize(tmp_path / "again", N_TRAIN, N_EVAL, seed=SEED, error_rate=RATE, workers=1,
+                             progress=False)
     assert snapshot(again) == before
 
-    other = synth.synthesize(tmp_path, N_TRAIN, N_EVAL, seed=1, error_rate=RATE, workers=2, progress=False)
+    other = synth.synthesize(tmp_path / "other", N_TRAIN, N_EVAL, seed=SEED + 1, error_rate=RATE, workers=2,
+                             progress=False)
     texts = [cut_text(c) for c in read_manifest(planted.train_manifest)]
     other_texts = [cut_text(c) for c in read_manifest(other.train_manifest)]
     assert sum(a != b for a, b in zip(texts, other_texts)) > N_TRAIN // 2
@@ -125,7 +125,7 @@ def test_same_seed_is_identical_and_another_seed_differs(planted, tmp_path):
 
 @pytest.mark.espeak
 def test_planted_errors_alter_what_they_say(planted, clean):
-    records = _planted(planted)
+    records = planted_errors(planted.out_dir)
     assert planted.n_planted == len(records) == round(RATE * N_TRAIN)
     assert sorted(r["kind"] for r in records.values()) == sorted(synth.ERROR_KINDS)
     train, clean_train = _by_id(planted.train_manifest), _by_id(clean.train_manifest)

@@ -6,12 +6,14 @@ import json
 import pytest
 
 from caspi.cli import main
+from caspi.testing import planted_errors
 
 pytestmark = pytest.mark.espeak
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
+    """Written by `caspi synth` itself, not the shared `synth_corpus`: the command is the first step under test."""
     out = tmp_path_factory.mktemp("corpus")
     assert main(["synth", "--out", str(out), "--n-train", "24", "--n-eval", "8", "--seed", "3",
                  "--error-rate", "0.25", "--quiet"]) == 0
@@ -19,7 +21,7 @@ def corpus(tmp_path_factory):
 
 
 def test_synth_import_stats(corpus, tmp_path, capsys):
-    planted = [json.loads(line) for line in (corpus / "planted_errors.jsonl").read_text().splitlines()]
+    planted = list(planted_errors(corpus).values())
     assert len(planted) == 6 and {p["kind"] for p in planted} == {
         "wrong_transcript", "truncated_transcript", "appended_words", "silence_or_noise", "truncated_audio",
         "english_text"}

@@ -1,4 +1,5 @@
-"""`caspi eval` on hypotheses files and on a tiny model, and `caspi compare` between two eval folders."""
+"""`caspi eval` on hypotheses files and on a tiny model, and `caspi compare` between two eval folders or a model and
+an eval folder (`compare_systems`)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import pytest
 from lhotse import CutSet
 
 from caspi.cli import main
-from caspi.data.cuts import make_cut, write_manifest
+from caspi.data.cuts import make_cut, read_manifest, write_manifest
 from caspi.data.text import for_scoring
-from caspi.errors import DataError
+from caspi.config import EvalConfig
+from caspi.errors import ConfigError, DataError
 from caspi.eval.evaluate import evaluate
-from caspi.eval.report import compare
+from caspi.eval.compare import compare, compare_systems
+from caspi.testing import save_tiny_model
 
 SENTENCES = ["שלום עולם יפה", "הילד הולך לבית הספר", "מחר נלך לים", "אני אוהב לקרוא ספרים", "הגשם יורד בחוץ"]
 
@@ -116,16 +119,11 @@ def test_compare_refuses_folders_of_different_utterances(tmp_path, capsys):
 
 
 @pytest.mark.espeak
-def test_eval_of_a_model_folder_decodes_every_clip(tmp_path):
-    from caspi.data import synth
-    from caspi.models.families import get_family
-
-    synth.synthesize(tmp_path / "c", 0, 6, seed=0, progress=False, min_words=2, max_words=3)
-    model, processor = get_family("qwen3_asr").tiny(SENTENCES, seed=0, size="xs")
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
-    result = evaluate(tmp_path / "c" / "eval.jsonl.gz", tmp_path / "out", model=str(tmp_path / "model"),
-                      max_new_tokens=4, batch_size=4, resamples=50, progress=False)
+def test_eval_of_a_model_folder_decodes_every_clip(synth_corpus, tmp_path):
+    clips = write_manifest(read_manifest(synth_corpus.eval_manifest).subset(first=6), tmp_path / "eval.jsonl.gz")
+    save_tiny_model(tmp_path / "model", SENTENCES, seed=0, size="xs")
+    result = evaluate(clips, tmp_path / "out", model=str(tmp_path / "model"),
+                      config=EvalConfig(max_new_tokens=4, batch_size=4), resamples=50, progress=False)
     assert result.summary["overall"]["utterances"] == 6 and result.summary["decoding"]["clips_per_s"] > 0
     assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == 6
 
@@ -192,3 +190,31 @@ def test_an_interrupted_re_eval_leaves_an_incomplete_folder_not_a_stale_one(tmp_
     monkeypatch.undo()
     with pytest.raises(DataError, match="incomplete eval folder"):
         compare(a, b, tmp_path / "cmp")
+
+
+def test_compare_systems_evaluates_a_model_first_and_takes_an_eval_folder_as_it_is(synth_corpus, tmp_path):
+    model = save_tiny_model(tmp_path / "base", SENTENCES)
+    eval_manifest = synth_corpus.eval_manifest
+    ids = [c.id for c in CutSet.from_file(eval_manifest)]
+    hyps = {i: "x" for i in ids}
+    folder = tmp_path / "other"
+    evaluate(eval_manifest, folder, hypotheses=str(write_hyps(tmp_path / "o.jsonl", hyps)), resamples=20,
+             progress=False)
+    out = tmp_path / "cmp"
+    result = compare_systems(model, folder, out, manifest=eval_manifest,
+                             config=EvalConfig(max_new_tokens=2, batch_size=3), resamples=20, progress=False)
+    # A, a model, was evaluated into OUT/eval-a with the given settings; B, an eval folder, was read as it is
+    summary = json.loads((out / "eval-a" / "summary.json").read_text())
+    assert summary["model"] == str(model) and summary["overall"]["utterances"] == len(ids)
+    assert summary["decoding"]["batch_size"] == 3 and summary["resamples"] == 20
+    assert not (out / "eval-b").exists()
+    assert result.names == ("base", "other") and result.out_dir == out
+    assert json.loads((out / "comparison.json").read_text())["a"] == str(out / "eval-a")
+    assert [r["dataset"] for r in result.rows][-1] == "overall"
+
+
+def test_compare_systems_needs_a_manifest_for_a_model(tmp_path):
+    with pytest.raises(ConfigError, match="runs/r1 is not an eval output folder; pass --manifest"):
+        compare_systems("runs/r1", tmp_path / "b", tmp_path / "cmp")
+    assert not (tmp_path / "cmp").exists()
+

@@ -15,17 +15,13 @@ from caspi.models import family_names, family_of, get_family
 from caspi.models.families import from_pretrained_or_raise
 from caspi.models.qwen3_asr import CHAT_TEMPLATE
 from caspi.models.tokenizer import train_unicode_bpe
+from caspi.testing import tone
 
 torch.set_num_threads(1)
 
 SR = 16_000
 # Different lengths on purpose: padding must not move the label span (Qwen3-ASR issue #70).
 TEXTS = ["שלום עולם", "מה שלומך היום? הכל טוב, תודה.", "כן"]
-
-
-def tone(seconds: float, freq: float) -> np.ndarray:
-    t = np.arange(int(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
 AUDIO = [tone(1.0, 300.0), tone(2.7, 1200.0), tone(0.3, 2500.0)]  # 0.3 s: under the 0.5 s minimum, zero-padded
@@ -446,3 +442,14 @@ def test_decode_gives_the_model_its_mode_back_also_when_generation_fails(name, r
     assert modes == [False]  # generation ran in eval mode
     assert model.training  # and the training mode came back despite the error
     model.eval()
+
+
+def test_frame_lengths_count_the_mel_frames_of_real_audio():
+    lens = torch.tensor([16000, 16001, 80])  # samples at 16 kHz: 1 s, one sample more, half a frame
+    whisper = get_family("whisper").frame_lengths({"input_features": torch.zeros(3, 80, 3000)}, lens)
+    assert whisper.tolist() == [100, 101, 1]  # hop 160 samples, a partial frame counts
+    clamped = get_family("whisper").frame_lengths({"input_features": torch.zeros(3, 80, 100)}, lens)
+    assert clamped.tolist() == [100, 100, 1]
+    mask = torch.tensor([[1] * 100 + [0] * 100, [1] * 101 + [0] * 99, [1] + [0] * 199])
+    qwen = get_family("qwen3_asr").frame_lengths({"input_features_mask": mask}, lens)
+    assert qwen.tolist() == [100, 101, 1]  # the processor's mask of real frames

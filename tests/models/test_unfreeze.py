@@ -16,6 +16,7 @@ from caspi.models.unfreeze import (
     rebuild_optimizer,
     trainable_names,
 )
+from caspi.testing import meta_model
 
 torch.set_num_threads(1)
 
@@ -44,10 +45,7 @@ def qwen():
 
 @pytest.fixture(scope="module")
 def qwen_meta_1p7b():
-    from transformers import Qwen3ASRForConditionalGeneration
-
-    with torch.device("meta"):
-        return Qwen3ASRForConditionalGeneration(get_family("qwen3_asr").reference_config("1.7B"))
+    return meta_model("qwen3_asr", "1.7B")
 
 
 def sorted_names(names):
@@ -298,11 +296,7 @@ def test_meta_lora_count_1p7b(qwen_meta_1p7b):
 
 
 def test_meta_counts_match_reference_0p6b_and_whisper_large_v3():
-    from transformers import Qwen3ASRForConditionalGeneration, WhisperForConditionalGeneration
-
-    with torch.device("meta"):
-        small = Qwen3ASRForConditionalGeneration(get_family("qwen3_asr").reference_config("0.6B"))
-        whisper = WhisperForConditionalGeneration(get_family("whisper").reference_config("large-v3"))
+    small, whisper = meta_model("qwen3_asr", "0.6B"), meta_model("whisper", "large-v3")
     spec = {"projector": {}, "llm_top": {"top": 12}, "audio_top": {"top": 8}, "lm_head": {}}
     table = group_table(small, trainable_names(small, spec))
     assert table.total == 782_426_112

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from caspi.data import synth
+from caspi.testing import synthesize_corpus, torch_threads
 
 
 @pytest.fixture(scope="session")
 def train_corpus(tmp_path_factory, espeak) -> Path:
+    """32 + 8 clean clips of 2-4 words, seed 5. Not the shared `synth_corpus`: the golden losses in test_loop.py were
+    measured on exactly these clips."""
     out = tmp_path_factory.mktemp("train-corpus")
-    synth.synthesize(out, 32, 8, seed=5, error_rate=0.0, workers=2, progress=False, min_words=2, max_words=4)
+    synthesize_corpus(out, n_train=32, n_eval=8, seed=5, error_rate=0.0, min_words=2, max_words=4)
     return out
 
 
@@ -92,26 +93,14 @@ def reference_run(train_corpus, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("reference")
     recipe = tiny_recipe(train_corpus, folder / "recipe.yaml")
-    with one_thread():
+    with torch_threads(1):  # as in the runs compared with it (`single_thread`)
         result = train(load_recipe(recipe), folder / "run", progress=False)
     return recipe, folder / "run", result
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Bit-exact comparisons between runs need the same float reduction order: one intra-op thread in this process
-    (the trainer subprocesses of the kill tests get OMP_NUM_THREADS=1). Other tests may have changed the count."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture
 def single_thread():
-    with one_thread():
+    """Bit-exact comparisons between runs need the same float reduction order: one intra-op thread in this process
+    (the trainer subprocesses of the kill tests get OMP_NUM_THREADS=1). Other tests may have changed the count."""
+    with torch_threads(1):
         yield

@@ -15,7 +15,7 @@ from caspi.cli import main
 from caspi.config import load_recipe
 from caspi.train import checkpoint as ckpt
 from caspi.train import loop
-from caspi.train.export import load_run
+from caspi.models.loading import load_run
 
 # Losses of the first 6 optimizer steps of `make_recipe()` with train.max_steps=6, recorded from this code on
 # CPU (torch 2.13, transformers 5.23, espeak-ng 1.51). A change that moves them changed what the loop computes.
@@ -126,7 +126,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(make_recipe, read_run, t
 
     def poisoned(self, batch, sync):
         result = original(self, batch, sync)
-        if self.step in (1, 4, 5, 6):  # step 2 is poisoned alone (skipped); 5..7 three in a row (the limit)
+        if self.progress.step in (1, 4, 5, 6):  # step 2 is poisoned alone (skipped); 5..7 three in a row (the limit)
             result = result * float("nan")
         return result
 
@@ -149,17 +149,18 @@ def test_a_nonfinite_gradient_with_a_finite_loss_skips_the_update(make_recipe, t
 
     def poisoned(self, batch, sync):
         result = original_fb(self, batch, sync)
-        if self.step + 1 == poisoned_step:
+        if self.progress.step + 1 == poisoned_step:
             param = next(p for p in self._trainable_params() if p.grad is not None)
             param.grad[(0,) * param.grad.dim()] = float("inf")  # one element: the loss stays finite
         return result
 
     def watched(self, step_loss, n_micro):
         params = [p.detach().clone() for p in self._trainable_params()]
-        loss = original_step(self, step_loss, n_micro)
+        result = original_step(self, step_loss, n_micro)
         unchanged = all(torch.equal(a, b) for a, b in zip(params, self._trainable_params()))
-        seen[self.step + 1] = (loss, bool(torch.isfinite(step_loss).all()), unchanged, self.bad_steps)
-        return loss
+        seen[self.progress.step + 1] = (result.loss, bool(torch.isfinite(step_loss).all()), unchanged,
+                                        self.progress.bad_steps)
+        return result
 
     monkeypatch.setattr(loop.TrainingRun, "_forward_backward", poisoned)
     monkeypatch.setattr(loop.TrainingRun, "_optimizer_step", watched)
@@ -185,7 +186,7 @@ def test_oom_halves_the_micro_batch_and_keeps_the_gradient(make_recipe, read_run
     raised = {"n": 0}
 
     def oom_once(self, batch, sync):
-        if self.step == 1 and self.micro == 2 and self.chunks == 1 and not raised["n"]:
+        if self.progress.step == 1 and self.progress.micro == 2 and self.progress.chunks == 1 and not raised["n"]:
             raised["n"] += 1
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return original(self, batch, sync)

@@ -11,13 +11,14 @@ import torch
 from lhotse import CutSet, MonoCut
 
 from caspi.audit.scorers import AsrScorer
-from caspi.config import AsrScorerConfig, load_recipe
+from caspi.config import AsrScorerConfig, EvalConfig, load_recipe
 from caspi.data.cuts import read_manifest, write_manifest
 from caspi.errors import DataError
 from caspi.eval.evaluate import evaluate
 from caspi.models import get_family
-from caspi.train.export import trained_language
-from caspi.train.loop import TrainingRun, train
+from caspi.models.loading import trained_language
+from caspi.train import loop
+from caspi.train.loop import train
 from caspi.train.resources import CostMeter, hardware_warnings
 
 
@@ -33,10 +34,10 @@ def test_empty_transcripts_are_refused_before_any_model_work(train_corpus, make_
     manifest = write_manifest(CutSet.from_cuts(edited), tmp_path / "train.jsonl.gz")
     recipe = load_recipe(make_recipe("empty", data={"train_manifest": str(manifest), "num_workers": 0}))
 
-    def no_model(self):
+    def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the transcripts were checked")
 
-    monkeypatch.setattr(TrainingRun, "_load_base", no_model)
+    monkeypatch.setattr(loop, "build_model", no_model)
     with pytest.raises(DataError) as info:
         train(recipe, tmp_path / "run", progress=False)
     message = str(info.value)
@@ -79,8 +80,8 @@ def test_language_and_num_beams_reach_the_model_and_world_size_is_checked(make_r
 
     # eval and the audit's asr scorer decode the run in the language it was trained with, not the Hebrew default
     calls["decode"].clear()
-    summary = evaluate(load_recipe(recipe).data.eval_manifest, tmp_path / "eval", model=str(run), max_new_tokens=3,
-                       resamples=10, progress=False).summary
+    summary = evaluate(load_recipe(recipe).data.eval_manifest, tmp_path / "eval", EvalConfig(max_new_tokens=3),
+                       model=str(run), resamples=10, progress=False).summary
     assert summary["decoding"]["language"] == "English"
     assert calls["decode"] and all(c["language"] == "English" for c in calls["decode"])
     assert trained_language(run) == "English" and trained_language(tmp_path / "eval") is None

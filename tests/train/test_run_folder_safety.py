@@ -12,15 +12,18 @@ import torch
 
 from caspi.audit.gate import file_sha256
 from caspi.cli import main
-from caspi.config import load_recipe
+from caspi.config import EvalConfig, load_recipe
 from caspi.data.cuts import cut_text, read_manifest, write_manifest
 from caspi.errors import CheckpointError
 from caspi.eval.evaluate import evaluate
-from caspi.models import families
-from caspi.models.families import folder_sha256, get_family, load_pinned, pin_base, resolve_hub_revision
+from caspi.models import loading
+from caspi.models.families import get_family
+from caspi.models.loading import folder_sha256, load_pinned, pin_base, resolve_hub_revision
+from caspi.testing import save_tiny_model
 from caspi.train import checkpoint as ckpt
 from caspi.train import loop
-from caspi.train.export import EXPORT_MARKER, load_run
+from caspi.models.loading import load_run
+from caspi.train.export import EXPORT_MARKER
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -70,7 +73,8 @@ def test_a_booby_trapped_run_folder_never_executes_its_pickles(reference_run, tr
                                    tmp_path / "eval.jsonl.gz")
 
     # eval loads the run with `load_model`, as the audit's `asr` scorer does.
-    evaluate(eval_manifest, tmp_path / "eval", model=str(run), max_new_tokens=2, resamples=20, progress=False)
+    evaluate(eval_manifest, tmp_path / "eval", EvalConfig(max_new_tokens=2), model=str(run), resamples=20,
+             progress=False)
     assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
     assert main(["compare", str(run), str(tmp_path / "eval"), "--manifest", str(eval_manifest), "--out",
                  str(tmp_path / "cmp"), "--resamples", "20", "--quiet"]) == 0
@@ -152,12 +156,8 @@ def test_export_replaces_an_earlier_export_atomically(reference_run, tmp_path, m
 
 
 def test_a_changed_local_base_is_refused_by_eval_export_and_resume(make_recipe, train_corpus, tmp_path, capsys):
-    family = get_family("qwen3_asr")
     texts = sorted({cut_text(c) for c in read_manifest(train_corpus / "train.jsonl.gz")})
-    model, processor = family.tiny(texts, seed=0, size="xs", audio_init="he")
-    base = tmp_path / "base-model"
-    model.save_pretrained(base)
-    processor.save_pretrained(base)
+    base = save_tiny_model(tmp_path / "base-model", texts, seed=0, size="xs", audio_init="he")
     recipe = load_recipe(make_recipe(model={"tiny": None, "name_or_path": str(base)},
                                      train={"max_steps": 1, "save_every_steps": 1}, data={"eval_manifest": None}))
     run = tmp_path / "run"
@@ -183,7 +183,7 @@ def test_a_changed_local_base_is_refused_by_eval_export_and_resume(make_recipe, 
 
 
 def test_a_hub_base_is_pinned_to_its_commit_and_loaded_at_it(reference_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(families, "resolve_hub_revision", lambda repo, revision: SHA)
+    monkeypatch.setattr(loading, "resolve_hub_revision", lambda repo, revision: SHA)
     pin = pin_base("org/model", "main")
     assert pin == {"kind": "hub", "name_or_path": "org/model", "requested_revision": "main", "revision": SHA}
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from caspi.data.text import for_scoring
 from caspi.errors import CheckpointError
 from caspi.models.families import from_pretrained_or_raise
 
@@ -237,8 +238,6 @@ class CtcAligner:
         and counted; spaces become the word delimiter where the vocabulary has one (runs collapsed, none at the
         ends), else they are dropped."""
         if self.normalise:
-            from caspi.data.text import for_scoring
-
             text = for_scoring(text)
         ids: list[int] = []
         weights: list[int] = []

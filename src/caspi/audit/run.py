@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from caspi import __version__
 from caspi.audit.gate import PROCEED, STOP, Stratum, decide, stratified_share
 from caspi.audit.scorers import AuditSample, Scorer, build_scorers, is_hard
 from caspi.data.cuts import (
@@ -495,8 +496,6 @@ def build_report(samples, scorers, cache, reasons, config, *, manifest: Path, cl
             if m is not None:
                 entry[scorer.name] = m
         flagged.append(entry)
-    from caspi import __version__
-
     return {
         "decision": decide(pct, config.proceed_below, config.stop_above),
         "low_quality_percentage": pct,

@@ -46,9 +46,22 @@ from pathlib import Path
 
 import numpy as np
 
+from caspi.audit.ctc_align import CtcAligner
+from caspi.audit.vad import vad_measures
 from caspi.data.text import for_scoring
-from caspi.models.families import cached_hub_revision, folder_sha256, is_commit_sha
-from caspi.errors import ConfigError
+from caspi.errors import CheckpointError, ConfigError
+from caspi.models.families import from_pretrained_or_raise
+from caspi.models.loading import (
+    RUN_FILE,
+    cached_hub_revision,
+    folder_sha256,
+    is_commit_sha,
+    is_complete,
+    load_model,
+    resolve_run,
+    trained_language,
+)
+from caspi.scoring import score
 
 HARD_REASONS = frozenset({"unreadable", "no_speech", "empty_transcript", "latin_script"})
 # Asymptotic sampling variances, in units of σ²/n for normal data, of the median (π/2) and of the normal-consistent
@@ -256,8 +269,6 @@ class VadScorer(Scorer):
     reads = ("audio", "text")  # characters per speech second
 
     def measure(self, samples):
-        from caspi.audit.vad import vad_measures
-
         measures = vad_measures([s.audio for s in samples], threshold=self.config.threshold,
                                 batch_size=self.config.batch_size)
         for s, m in zip(samples, measures):
@@ -304,8 +315,6 @@ class CtcScorer(Scorer):
     @property
     def aligner(self):
         if self._aligner is None:
-            from caspi.audit.ctc_align import CtcAligner
-
             c = self.config
             self._aligner = CtcAligner(c.model, revision=c.revision, target_lang=c.target_lang,
                                        batch_size=c.batch_size, threshold=c.confidence)
@@ -340,8 +349,6 @@ class AsrScorer(Scorer):
     @property
     def loaded(self):
         if self._loaded is None:
-            from caspi.train.export import load_model
-
             self._loaded = load_model(self.config.model)
         return self._loaded
 
@@ -350,13 +357,9 @@ class AsrScorer(Scorer):
         """The prompt language: a Caspi run decodes in the language it was trained with; else the family default."""
         if not self.config.model:
             return None
-        from caspi.train.export import trained_language
-
         return trained_language(self.config.model)
 
     def measure(self, samples):
-        from caspi.eval.metrics import score
-
         model, processor, family = self.loaded
         hyps = family.decode(model, processor, [s.audio for s in samples], max_new_tokens=self.config.max_new_tokens,
                              batch_size=self.config.batch_size, language=self.language)
@@ -435,9 +438,6 @@ class Qwen3AlignerScorer(Scorer):
         import torch
         from transformers import AutoConfig, AutoProcessor, Qwen3ASRForTokenClassification
 
-        from caspi.errors import CheckpointError
-        from caspi.models.families import from_pretrained_or_raise
-
         family = "qwen3_aligner"
         config = from_pretrained_or_raise(AutoConfig.from_pretrained, family, model_id, revision)
         architectures = getattr(config, "architectures", None) or []
@@ -468,8 +468,6 @@ class Qwen3AlignerScorer(Scorer):
 
     def measure(self, samples):
         import torch
-
-        from caspi.errors import CheckpointError
 
         model, processor = self.aligner
         language = self.config.language
@@ -550,13 +548,9 @@ def model_identity(spec: str, revision: str | None = None) -> str:
     """
     path = Path(spec).expanduser()
     if path.is_dir():
-        from caspi.train import checkpoint as ckpt
-
-        if (path / "run.json").is_file() or ckpt.is_complete(path):
-            from caspi.train.export import resolve_run
-
+        if (path / RUN_FILE).is_file() or is_complete(path):
             run_dir, folder = resolve_run(path)
-            meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+            meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
             recipe = meta.get("recipe") or {}
             parts = {"checkpoint": folder.name, "weights": folder_sha256(folder, "*.safetensors"),
                      "model": recipe.get("model"), "lora": recipe.get("lora"), "base": meta.get("base"),

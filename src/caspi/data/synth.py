@@ -46,6 +46,7 @@ from lhotse import CutSet
 from tqdm import tqdm
 
 from caspi.data.audio import SAMPLE_RATE, decode_audio, resample, write_flac
+from caspi.data.checks import is_int
 from caspi.data.cuts import make_cut, write_jsonl, write_manifest
 from caspi.data.text import for_training
 from caspi.errors import ConfigError, DataError, DependencyError
@@ -216,9 +217,9 @@ def _sentence(rng: np.random.Generator, min_words: int = MIN_WORDS, max_words: i
 
 
 def _check_word_range(min_words, max_words, problems: list[str]) -> None:
-    if not _is_int(min_words) or min_words < 1:
+    if not is_int(min_words) or min_words < 1:
         problems.append(f"min_words must be an integer >= 1, got {min_words!r}")
-    elif not _is_int(max_words) or max_words < min_words:
+    elif not is_int(max_words) or max_words < min_words:
         problems.append(f"max_words must be an integer >= min_words ({min_words}), got {max_words!r}")
     else:
         try:
@@ -234,9 +235,9 @@ def sentences(n: int, seed: int = 0, min_words: int = MIN_WORDS, max_words: int 
     independent of the corpus `synthesize` writes with the same seed.
     """
     problems: list[str] = []
-    if not _is_int(n) or n < 0:
+    if not is_int(n) or n < 0:
         problems.append(f"n must be an integer >= 0, got {n!r}")
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         problems.append(f"seed must be an integer >= 0, got {seed!r}")
     _check_word_range(min_words, max_words, problems)
     if problems:
@@ -479,22 +480,19 @@ def _render(clip: _Clip, seed: int, binary: str, audio_dir: Path) -> tuple[int, 
 # The corpus
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
 
 def _validate(out_dir, n_train, n_eval, seed, error_rate, workers, min_words, max_words) -> None:
     problems: list[str] = []
     for name, n in (("n_train", n_train), ("n_eval", n_eval)):
-        if not _is_int(n) or not 0 <= n < MAX_CLIPS:
+        if not is_int(n) or not 0 <= n < MAX_CLIPS:
             problems.append(f"{name} must be an integer in [0, {MAX_CLIPS - 1}], got {n!r}")
-    if _is_int(n_train) and _is_int(n_eval) and n_train == 0 and n_eval == 0:
+    if is_int(n_train) and is_int(n_eval) and n_train == 0 and n_eval == 0:
         problems.append("n_train and n_eval are both 0: nothing to synthesise")
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         problems.append(f"seed must be an integer >= 0, got {seed!r}")
     if not isinstance(error_rate, numbers.Real) or isinstance(error_rate, bool) or not 0.0 <= error_rate <= 1.0:
         problems.append(f"error_rate must be a number in [0, 1], got {error_rate!r}")
-    if not _is_int(workers) or workers < 1:
+    if not is_int(workers) or workers < 1:
         problems.append(f"workers must be an integer >= 1, got {workers!r}")
     _check_word_range(min_words, max_words, problems)
     if Path(out_dir).exists() and not Path(out_dir).is_dir():

@@ -1,8 +1,8 @@
 """`caspi eval`: transcribe an eval manifest with a model (or read another system's hypotheses) and score it per
 domain with the one Hebrew normaliser.
 
-    result = evaluate("data/eval.jsonl.gz", "eval/round2", model="runs/round2")
-    result = evaluate("data/eval.jsonl.gz", "eval/vllm", hypotheses="vllm.jsonl")
+    result = evaluate("data/eval.jsonl.gz", "eval/round2", recipe.eval, model="runs/round2")
+    result = evaluate("data/eval.jsonl.gz", "eval/vllm", hypotheses="vllm.jsonl")  # EvalConfig() defaults
 
 Outputs in DIR:
     predictions.jsonl   per utterance: id, domain, reference, hypothesis, both normalised, word and character
@@ -26,10 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from caspi.config import EvalConfig
 from caspi.data.cuts import cut_domain, cut_text, load_cut_audio, read_manifest, write_jsonl, write_text_atomic
 from caspi.data.text import NORMALISERS
 from caspi.errors import DataError
-from caspi.eval.stats import UtteranceCounts, bootstrap_ci, macro_bootstrap, percentile_ci, rate, utterance_counts
+from caspi.models.loading import load_model, trained_language
+from caspi.eval.bootstrap import bootstrap_ci, macro_bootstrap, percentile_ci
+from caspi.scoring import UtteranceCounts, rate, utterance_counts
 
 PREDICTIONS, SUMMARY = "predictions.jsonl", "summary.json"
 
@@ -40,16 +43,18 @@ class EvalResult:
     summary: dict
 
 
-def evaluate(manifest: str | Path, out_dir: str | Path, *, model: str | None = None, hypotheses: str | None = None,
-             normaliser: str = "scoring", batch_size: int = 8, max_new_tokens: int = 256, num_beams: int = 1,
-             language: str | None = None, resamples: int = 1000, seed: int = 0,
-             progress: bool = True) -> EvalResult:
+def evaluate(manifest: str | Path, out_dir: str | Path, config: EvalConfig | None = None, *,
+             model: str | None = None, hypotheses: str | None = None, language: str | None = None,
+             resamples: int = 1000, seed: int = 0, progress: bool = True) -> EvalResult:
     """Score `model` (a Caspi run or checkpoint, an exported folder or a hub id) or a `hypotheses` JSONL file
     (`id` — or the audio file's stem — and `hypothesis` per line) on `manifest`; write predictions and summary.
+    `config`: a recipe's eval section (normaliser, batch size, beams, new tokens); None: its defaults.
     `language`: the decoding prompt's language (a recipe's `model.language`) for an export or hub id; a Caspi run
     decodes in the language it was trained with; None: the family's default (Hebrew)."""
     if (model is None) == (hypotheses is None):
         raise DataError("evaluate: give either a model or a hypotheses file, not both or neither")
+    config = config or EvalConfig()
+    normaliser = config.normaliser
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cuts = sorted(read_manifest(manifest), key=lambda c: c.id)
@@ -59,7 +64,7 @@ def evaluate(manifest: str | Path, out_dir: str | Path, *, model: str | None = N
     domains = [cut_domain(c) for c in cuts]
     info: dict = {"manifest": str(manifest), "normaliser": normaliser}
     if model is not None:
-        hyps, info["decoding"] = _transcribe(model, cuts, batch_size, max_new_tokens, num_beams, language, progress)
+        hyps, info["decoding"] = _transcribe(model, cuts, config, language, progress)
         info["model"] = str(model)
     else:
         hyps, info["hypotheses_file"] = _read_hypotheses(Path(hypotheses), cuts), str(hypotheses)
@@ -76,14 +81,13 @@ def evaluate(manifest: str | Path, out_dir: str | Path, *, model: str | None = N
     return EvalResult(out_dir, summary)
 
 
-def _transcribe(spec: str, cuts: list, batch_size: int, max_new_tokens: int, num_beams: int, language: str | None,
+def _transcribe(spec: str, cuts: list, config: EvalConfig, language: str | None,
                 progress: bool) -> tuple[list[str], dict]:
     """Hypotheses in the order of `cuts`, decoded in duration-sorted batches (little padding); throughput."""
     import torch
     from tqdm import tqdm
 
-    from caspi.train.export import load_model, trained_language
-
+    batch_size, num_beams = config.batch_size, config.num_beams
     model, processor, family = load_model(spec)
     language = trained_language(spec) or language
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -97,7 +101,7 @@ def _transcribe(spec: str, cuts: list, batch_size: int, max_new_tokens: int, num
         rows = order[start:start + batch_size]
         clips = [load_cut_audio(cuts[i]) for i in rows]
         audio_s += sum(len(c) for c in clips) / 16000
-        out = family.decode(model, processor, clips, max_new_tokens=max_new_tokens, batch_size=len(clips),
+        out = family.decode(model, processor, clips, max_new_tokens=config.max_new_tokens, batch_size=len(clips),
                             num_beams=num_beams, language=language)
         for i, h in zip(rows, out):
             hyps[i] = h

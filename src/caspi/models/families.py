@@ -14,8 +14,6 @@ The training loop, `plan` and `doctor` are meant to talk only to this interface,
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +59,7 @@ class ModelFamily(ABC):
     # Longest clip in seconds the model takes (after speed perturbation), or None for no fixed window. The recipe
     # check (`data.max_duration` ÷ smallest speed factor) and the training dataset both hold clips to it.
     max_audio_seconds: float | None = None
+    hop_length: int = 160  # samples per mel frame at 16 kHz (10 ms: both families' feature extractors)
 
     @abstractmethod
     def language_tag(self, language: str | None) -> str:
@@ -138,6 +137,22 @@ class ModelFamily(ABC):
     def lora_target_regex(self, layers: list[int] | None = None) -> str:
         """A peft `target_modules` regex restricted to the language decoder (optionally to some of its layers)."""
 
+    def frame_lengths(self, inputs: dict[str, torch.Tensor], audio_lens: torch.Tensor) -> torch.Tensor:
+        """(B,) mel frames of real audio per clip of a `build_inputs` batch (`input_features` (B, n_mels, T)), from
+        the clips' lengths in samples (B,): the frames SpecAugment may mask and the CTC loss aligns."""
+        hop = self.hop_length
+        return torch.clamp((audio_lens + hop - 1) // hop, max=inputs["input_features"].shape[-1])
+
+    def enable_gradient_checkpointing(self, model: torch.nn.Module) -> None:
+        """Recompute activations in backward instead of keeping them (non-reentrant, so frozen inputs and LoRA
+        work), and switch off the KV cache, which checkpointing cannot keep. Takes effect in training mode only."""
+        base = base_model(model)
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers ≥ 5.x name; the old one warns
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.config.use_cache = False
+
     # --- the audio embeddings the text decoder sees (for the auxiliary CTC loss, `caspi.models.ctc`) ----------
 
     def audio_embedding_module(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -151,6 +166,8 @@ class ModelFamily(ABC):
         raise ConfigError(f"model family {self.name!r} has no auxiliary CTC support; set train.ctc_aux_weight=0")
 
 
+# Filled by `register` when `caspi.models` (the package) imports qwen3_asr and whisper; Python runs the package's
+# __init__ before any of its modules, so the registry is complete before anything can look a family up.
 _FAMILIES: dict[str, ModelFamily] = {}
 
 
@@ -162,13 +179,11 @@ def register(family: ModelFamily) -> ModelFamily:
 
 def family_names() -> list[str]:
     """Names accepted by `get_family`."""
-    _ensure_registered()
     return sorted(_FAMILIES)
 
 
 def get_family(name: str) -> ModelFamily:
     """The family registered as `name` ("qwen3_asr" or "whisper"); a ConfigError lists the known names."""
-    _ensure_registered()
     try:
         return _FAMILIES[name]
     except KeyError:
@@ -177,18 +192,12 @@ def get_family(name: str) -> ModelFamily:
 
 def family_of(model: torch.nn.Module) -> ModelFamily:
     """The family of a model instance (peft-wrapped or not), from its config's `model_type`."""
-    _ensure_registered()
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     for family in _FAMILIES.values():
         if model_type in family.model_types:
             return family
     raise ConfigError(f"no Caspi model family handles model_type {model_type!r} ({type(model).__name__})")
-
-
-def _ensure_registered() -> None:
-    # Import for the side effect of registering (a no-op once imported); lazy so `families` has no import cycle.
-    from caspi.models import qwen3_asr, whisper  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,7 +251,7 @@ def from_pretrained_or_raise(loader, family: str, name_or_path: str, revision: s
         )
         rev = f" at revision {revision!r}" if revision else ""
         raise CheckpointError(
-            f"{family}: cannot load {where} {name_or_path!r}{rev}: {type(exc).__name__}: {_first_line(exc)}; {hint}"
+            f"{family}: cannot load {where} {name_or_path!r}{rev}: {type(exc).__name__}: {first_line(exc)}; {hint}"
         ) from exc
 
 
@@ -252,7 +261,7 @@ def is_local_path(name_or_path: str) -> bool:
     return Path(name_or_path).exists() or name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else "(no message)"
 
@@ -268,115 +277,3 @@ def generation_autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Pinning the base model. A checkpoint holds only the trained tensors; they are grafted onto the base at every load,
-# so a run records at its start exactly which base it trains on (`pin_base`, stored in run.json) and every later
-# load (resume, eval, export) takes that one (`load_pinned`): a hub id at the resolved commit sha, a local folder
-# only if its content hash is unchanged.
-
-_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
-_HASH_BLOCK = 1 << 20  # bytes read at a time: multi-GB weight files are streamed, never held in memory
-
-
-def folder_sha256(folder: str | Path, pattern: str = "*") -> str:
-    """Content hash of a local model folder: sha256 over each file's relative path, size and bytes, in path
-    order, for the files matching `pattern` (recursive). Hidden files and folders (.git, .cache) and Markdown files
-    are left out: they do not change the model."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    files = sorted(
-        p for p in folder.rglob(pattern)
-        if p.is_file() and p.suffix != ".md" and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-    for path in files:
-        relative = path.relative_to(folder).as_posix()
-        digest.update(f"{relative}\0{path.stat().st_size}\0".encode())
-        with open(path, "rb") as f:
-            while block := f.read(_HASH_BLOCK):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def is_commit_sha(revision: str | None) -> bool:
-    """Whether a revision is already a full commit sha (40 lower-case hex digits): nothing to resolve."""
-    return revision is not None and _COMMIT_SHA.match(revision) is not None
-
-
-def cached_hub_revision(repo_id: str, revision: str | None) -> str | None:
-    """The commit sha the local hub cache holds for `revision` (None: main) of `repo_id`, or None when it holds
-    none (or `repo_id` is no valid hub id). No network."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision or "main")
-    except Exception:  # noqa: BLE001 - an invalid repo id raises a validation error: nothing cached
-        return None
-    # The cache keeps `refs/<revision>` → sha and `snapshots/<sha>/config.json`; the snapshot folder is the sha.
-    return Path(cached).parent.name if isinstance(cached, str) else None
-
-
-def resolve_hub_revision(repo_id: str, revision: str | None) -> str:
-    """The commit sha that `revision` (a branch, tag or sha; None: main) of hub model `repo_id` names: asked of
-    the hub, or, offline (HF_HUB_OFFLINE=1 or no network), read from the local hub cache. CheckpointError when
-    neither knows it."""
-    if is_commit_sha(revision):
-        return revision
-    from huggingface_hub import HfApi, constants
-
-    problem = "HF_HUB_OFFLINE is set"
-    if not constants.HF_HUB_OFFLINE:
-        try:
-            sha = HfApi().model_info(repo_id, revision=revision).sha
-            if sha:
-                return sha
-        except Exception as exc:  # noqa: BLE001 - requests, hub HTTP and validation errors: fall back to the cache
-            problem = f"the hub did not answer ({type(exc).__name__}: {_first_line(exc)})"
-    cached = cached_hub_revision(repo_id, revision)
-    if cached is not None:
-        return cached
-    raise CheckpointError(
-        f"cannot resolve hub model {repo_id!r} at revision {revision or 'main'!r} to a commit: {problem} and the "
-        "local hub cache does not hold it; connect once, or set model.revision to a 40-hex commit sha"
-    )
-
-
-def pin_base(name_or_path: str, revision: str | None = None, *, in_run: bool = False,
-             folder: str | Path | None = None) -> dict[str, Any]:
-    """What run.json records about the base: `{"kind": "hub", "name_or_path", "requested_revision", "revision":
-    <commit sha>}` for a hub id; `{"kind": "folder", "name_or_path", "sha256": <folder_sha256>}` for a local folder
-    (`in_run`: the path is relative to the run folder, whose copy is `folder`; the tiny models' RUN/base)."""
-    if in_run or is_local_path(name_or_path):
-        local = Path(folder) if folder is not None else Path(name_or_path)
-        if not local.is_dir():
-            raise CheckpointError(f"local model folder {str(local)!r} does not exist")
-        # An absolute path outside the run folder, so eval/export from another working directory find it.
-        recorded = name_or_path if in_run else str(local.resolve())
-        return {"kind": "folder", "name_or_path": recorded, "in_run": in_run, "sha256": folder_sha256(local)}
-    return {"kind": "hub", "name_or_path": name_or_path, "requested_revision": revision,
-            "revision": resolve_hub_revision(name_or_path, revision)}
-
-
-def load_pinned(family: ModelFamily, pin: dict[str, Any], dtype: torch.dtype | str,
-                run_dir: str | Path | None = None) -> tuple[torch.nn.Module, Any]:
-    """Load exactly the base that `pin` (from `pin_base`, via run.json) records. A hub id loads at the recorded
-    commit; a local folder loads only if it still hashes to the recorded sha256, else a CheckpointError names
-    both hashes (the trained tensors would be grafted onto another model)."""
-    if pin["kind"] == "hub":
-        return family.load(pin["name_or_path"], revision=pin["revision"], dtype=dtype)
-    folder = Path(pin["name_or_path"])
-    if pin.get("in_run"):
-        assert run_dir is not None, "a base inside the run folder needs run_dir"
-        folder = Path(run_dir) / folder
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: the run's base model folder is gone (run.json records sha256 "
-                              f"{pin['sha256']})")
-    actual = folder_sha256(folder)
-    if actual != pin["sha256"]:
-        raise CheckpointError(
-            f"{folder}: the base model changed since the run started: run.json records sha256 {pin['sha256']}, the "
-            f"folder now hashes to {actual}; the checkpoint's tensors belong to the recorded one. Restore those "
-            "files, or train a new run on the changed base"
-        )
-    return family.load(str(folder), dtype=dtype)

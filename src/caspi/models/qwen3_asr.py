@@ -362,6 +362,10 @@ class Qwen3ASRFamily(ModelFamily):
             batch["labels"] = batch["input_ids"].masked_fill(~mask, -100)
         return batch
 
+    def frame_lengths(self, inputs: dict[str, torch.Tensor], audio_lens: torch.Tensor) -> torch.Tensor:
+        """The processor marks the frames of real audio in `input_features_mask` (B, T): their count per row."""
+        return inputs["input_features_mask"].sum(dim=1)
+
     @torch.no_grad()
     def _decode_batch(self, model, processor, audio, *, device, dtype, max_new_tokens, num_beams, autocast_dtype,
                       language):

@@ -14,8 +14,8 @@ middle of a gradient accumulation, after micro-batch 3 of step 201):
 
 Safety. A run folder may come from someone else, and unpickling runs code: the two `.pt` files hold only tensors
 and plain Python values (RNG states as lists and tensors, see `capture_rng`) and are read with
-`torch.load(weights_only=True)`, which refuses anything else; loading a model for eval/export (`load_weights`)
-reads only state.json and the safetensors file and never opens a pickle.
+`torch.load(weights_only=True)`, which refuses anything else; loading a model for eval/export
+(`caspi.models.loading`) reads only state.json and the safetensors file and never opens a pickle.
 
 Writing: everything goes to `checkpoints/.tmp-<name>/`, each file fsynced, then the folder is renamed into place and
 the parent fsynced; `checkpoints/latest` (a one-line file naming the folder) is replaced atomically after that. Old
@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -39,17 +38,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from caspi.data.cuts import fsync_dir as _fsync_dir
 from caspi.data.cuts import write_text_atomic  # noqa: F401 - used here and by the loop as ckpt.write_text_atomic
 from caspi.errors import CheckpointError
 
-STATE_FILE = "state.json"
-WEIGHTS_FILE = "trainable.safetensors"
+# The layout's read side (which folder is complete, newest, its state.json and tensors) lives with model loading,
+# which eval, export and the audit use without importing training code. Training code and the checkpoint tests
+# address the whole layout through this module, so the read side is part of its namespace too.
+from caspi.models.loading import (  # noqa: F401 - find_latest, is_complete, load_weights: used as ckpt.<name>
+    LATEST_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    find_latest,
+    is_complete,
+    list_checkpoints,
+    load_weights,
+    read_state,
+    read_weights,
+)
+
 OPTIMIZER_FILE = "optimizer.pt"
-LATEST_FILE = "latest"
-_NAME = re.compile(r"^step-(\d{6,})(?:-m(\d+))?$")
 # Fault injection for the crash tests: seconds to sleep after each file of a checkpoint write, so a test can
 # SIGKILL the trainer in the middle of one. Never set in normal use.
 _SLOW_WRITE_ENV = "CASPI_TEST_SLOW_CHECKPOINT_S"
@@ -58,12 +68,6 @@ _SLOW_WRITE_ENV = "CASPI_TEST_SLOW_CHECKPOINT_S"
 def checkpoint_name(step: int, micro: int = 0) -> str:
     """`step-000200` after optimizer step 200; `step-000200-m03` after 3 micro-batches of step 201."""
     return f"step-{step:06d}" + (f"-m{micro:02d}" if micro else "")
-
-
-def _order(name: str) -> tuple[int, int]:
-    m = _NAME.match(name)
-    assert m is not None, name
-    return int(m.group(1)), int(m.group(2) or 0)
 
 
 def _fsync_file(path: Path) -> None:
@@ -162,17 +166,6 @@ def fsync_tree(folder: Path) -> None:
     _fsync_dir(folder)
 
 
-def is_complete(folder: Path) -> bool:
-    return folder.is_dir() and _NAME.match(folder.name) is not None and (folder / STATE_FILE).is_file()
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoint folders under `root`, oldest first."""
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if is_complete(p)), key=lambda p: _order(p.name))
-
-
 def clean_partial(root: Path) -> list[str]:
     """Remove `.tmp-*` folders and files left by a write that was killed; returns their names.
 
@@ -189,17 +182,6 @@ def clean_partial(root: Path) -> list[str]:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
                 removed.append(p.name)
     return removed
-
-
-def find_latest(root: Path) -> Path | None:
-    """The checkpoint to resume from: `latest` if it names a complete folder, else the newest complete one."""
-    pointer = root / LATEST_FILE
-    if pointer.is_file():
-        target = root / pointer.read_text(encoding="utf-8").strip()
-        if is_complete(target):
-            return target
-    found = list_checkpoints(root)
-    return found[-1] if found else None
 
 
 @dataclass
@@ -280,24 +262,6 @@ def prune(root: Path, keep_last: int, keep: set[str]) -> list[str]:
     return deleted
 
 
-def _read_state(folder: Path) -> dict[str, Any]:
-    if not is_complete(folder):
-        raise CheckpointError(f"{folder}: not a complete checkpoint (no {STATE_FILE})")
-    try:
-        return json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"{folder}: cannot read checkpoint file {STATE_FILE} ({type(exc).__name__}: {exc})") from None
-
-
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(folder / WEIGHTS_FILE)
-    except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError, OSError, ... for damaged files
-        raise CheckpointError(
-            f"{folder}: cannot read checkpoint file {WEIGHTS_FILE} ({type(exc).__name__}: {exc})") from None
-
-
 def _read_pickle(path: Path) -> Any:
     """A .pt file of ours, read with weights_only=True: tensors and plain values only, so a file planted in a
     shared run folder cannot run code (the unpickler refuses any other global)."""
@@ -314,15 +278,9 @@ def _read_pickle(path: Path) -> Any:
         ) from None
 
 
-def load_weights(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(state.json, trained tensors) of a checkpoint: what eval, export and the audit need. Reads the JSON and the
-    safetensors file only; the optimizer and rank pickles are never opened."""
-    return _read_state(folder), _read_weights(folder)
-
-
 def load_checkpoint(folder: Path, rank: int = 0) -> Snapshot:
     """Read a checkpoint folder written by `save_checkpoint`, for process `rank` (resume)."""
-    state = _read_state(folder)
+    state = read_state(folder)
     saved_world = state.get("world_size", 1)
     rank_file = folder / f"rank-{rank}.pt"
     if not rank_file.is_file():
@@ -330,7 +288,7 @@ def load_checkpoint(folder: Path, rank: int = 0) -> Snapshot:
             f"{folder}: no {rank_file.name}; the checkpoint was written by {saved_world} process(es) and exact "
             "resume needs the same number"
         )
-    weights = _read_weights(folder)
+    weights = read_weights(folder)
     optimizer = _read_pickle(folder / OPTIMIZER_FILE)
     rank_state = _read_pickle(rank_file)
     return Snapshot(state=state, weights=weights, optimizer=optimizer, rank_state=rank_state)

@@ -1,5 +1,8 @@
 """What the recipe's `hardware` section promises against what a run really has, and what the run costs.
 
+* `pick_device`: this process's device, weights dtype and autocast dtype from `hardware` and `train.precision`;
+  `memory_gib`: its peak memory so far (logged every step).
+
 * `hardware_warnings`: at the start of training, one line each when `hardware.gpus_per_node × hardware.nodes`
   differs from the real number of processes, or (CUDA) when the device has less memory than
   `hardware.gpu_memory_gib`. Warnings, not errors: gradient accumulation is derived from the real world size, so
@@ -14,11 +17,15 @@
 from __future__ import annotations
 
 import json
+import resource
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from caspi.errors import TrainingError
 
 # Cards report a little less than their nominal size (an A100-40GB shows 39.4 GiB, an H100-80GB 79.2 GiB), and
 # recipes give the nominal one: only a shortfall beyond this share warns.
@@ -91,3 +98,27 @@ class CostMeter:
             return {}
         hours = self.gpu_hours()
         return {"gpu_hours": round(hours, 6), "cost_usd": round(hours * self.price, 4)}
+
+
+def pick_device(recipe, local_rank: int, cpu_fallback: bool):
+    """(device, weights dtype, autocast dtype or None) of this process."""
+    dtype = getattr(torch, recipe.model.dtype)
+    if recipe.hardware.accelerator == "cuda":
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[recipe.train.precision]
+            return torch.device("cuda", local_rank), dtype, autocast
+        if not cpu_fallback:
+            raise TrainingError("hardware.accelerator is cuda but CUDA is not available here; pass --cpu-fallback "
+                                "to continue on CPU (slow), or set hardware.accelerator=cpu")
+        print("caspi: CUDA is not available; continuing on CPU in float32 (--cpu-fallback)", file=sys.stderr)
+        return torch.device("cpu"), torch.float32, None
+    autocast = torch.bfloat16 if recipe.train.precision == "bf16" and dtype == torch.bfloat16 else None
+    return torch.device("cpu"), dtype, autocast
+
+
+def memory_gib(device: torch.device) -> float:
+    """Peak memory: allocated on the GPU, or the process's resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB

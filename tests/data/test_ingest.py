@@ -1,4 +1,5 @@
-"""`import_source`: every source type, resampling, every rejection reason, strict mode, schema errors."""
+"""Tests for caspi.data.ingest (`import_source`): every source type and its importer, resampling, every rejection
+reason, strict mode, schema errors."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from caspi.data.cuts import cut_domain, cut_text, make_cut, read_manifest, write_manifest
-from caspi.data.manifest import import_source
+from caspi.data.ingest import import_source
 from caspi.errors import ConfigError, DataError
 
 SR = 16_000

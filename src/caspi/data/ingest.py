@@ -1,15 +1,14 @@
 """`caspi import`: turn a dataset into a Caspi manifest (a Lhotse CutSet), losing nothing silently.
 
-Sources, detected from `source`:
-- a Hugging Face dataset id (`org/name`) through `datasets.load_dataset`, a local `save_to_disk` folder, or local
-  parquet file(s). The audio column is cast to `Audio(decode=False)` and decoded here with soundfile, because
-  audio decoding inside `datasets` >= 4 needs torchcodec + FFmpeg (DESIGN.md);
-- a NeMo-style JSONL manifest (`audio_filepath`, `text`, optional `duration`, `domain`, `id`);
-- a folder of audio files (wav, flac, ogg, mp3) with same-named `.txt` transcripts;
-- a Lhotse CutSet manifest (validated and re-written; other `custom` fields on its cuts are kept).
-
-Every sample is decoded (in a process pool) to check it. Files that are already 16 kHz mono WAV/FLAC are
-referenced in place; everything else is written as 16 kHz mono FLAC to `<out folder>/audio/<id>.flac`.
+`import_source` detects the kind of source and hands it to its importer (`caspi.data.importers`):
+- a Hugging Face dataset id (`org/name`), a local `save_to_disk` folder, or local parquet file(s) (`importers.hf`);
+- a NeMo-style JSONL manifest (`importers.nemo`);
+- a folder of audio files (wav, flac, ogg, mp3) with same-named `.txt` transcripts (`importers.folder`);
+- a Lhotse CutSet manifest (`importers.lhotse`).
+What follows is the same for every source, and lives here: each importer yields jobs, checked first for what needs
+no audio (transcript, duplicate id) in source order, then decoded (in a process pool) to check the audio. Files
+that are already 16 kHz mono WAV/FLAC are referenced in place; everything else is written as 16 kHz mono FLAC to
+`<out folder>/audio/<id>.flac`. The manifest is written last.
 
 A bad sample is skipped and written to `rejected.jsonl` next to the manifest with its id, source location,
 reason tag and message (`strict=True` raises on the first one instead). Reason tags: `unreadable`, `empty`,
@@ -26,9 +25,7 @@ A missing column (schema problem) raises `DataError` at once, naming the column 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import logging
 import re
 from collections import Counter, deque
@@ -38,27 +35,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile as sf
-from lhotse import CutSet
+from lhotse import CutSet, MonoCut
 from tqdm.auto import tqdm
 
 from caspi.data.audio import SAMPLE_RATE, decode_audio, write_flac
-from caspi.data.cuts import (
-    cut_domain,
-    cut_text,
-    load_cut_audio,
-    make_cut,
-    read_manifest,
-    write_jsonl,
-    write_manifest,
-)
+from caspi.data.cuts import load_cut_audio, make_cut, write_jsonl, write_manifest
+from caspi.data.importers.common import Job, first_record
+from caspi.data.importers.folder import AUDIO_EXTENSIONS, from_folder
+from caspi.data.importers.hf import from_disk, from_hub, from_parquet
+from caspi.data.importers.lhotse import from_lhotse
+from caspi.data.importers.nemo import from_nemo
 from caspi.errors import AudioError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
-TEXT_FIELDS = ("text", "sentence", "transcription", "transcript")  # tried in order when text_field is None
 DURATION_TOLERANCE = 0.1  # seconds; NeMo declared vs decoded duration before a warning
-KNOWN_SPLITS = ("train", "validation", "valid", "dev", "test")
 IN_PLACE_FORMATS = ("WAV", "WAVEX", "FLAC")  # soundfile format names Lhotse reads directly
 _HF_ID = re.compile(r"^[\w.\-]+/[\w.\-]+(:[\w.\-]+)?$")  # org/name or org/name:config
 
@@ -93,21 +84,6 @@ class ImportResult:
         if self.warnings:
             lines.append(f"  {len(self.warnings)} warnings, first: {self.warnings[0]}")
         return "\n".join(lines)
-
-
-@dataclass
-class _Job:
-    """One sample on its way through validation. `audio` is a path, encoded bytes, or a Lhotse cut dict."""
-
-    id: str | None
-    source: str  # where the sample came from, e.g. `manifest.jsonl:12`, for messages and rejected.jsonl
-    text: str | None = None
-    domain: str | None = None
-    audio: str | bytes | dict | None = None
-    declared_duration: float | None = None  # seconds, from a NeMo manifest
-    custom: dict | None = None  # extra cut fields to keep (Lhotse source)
-    reject: tuple[str, str] | None = None  # (reason, message) when rejected before decoding
-    out_path: str | None = None  # where a FLAC is written if the file cannot be referenced in place
 
 
 @dataclass
@@ -222,19 +198,19 @@ def import_source(
 
 def _open_source(
     source: str | Path, *, audio_dir: Path, domain, text_field, audio_field, id_field, split
-) -> tuple[str, int | None, Iterator[_Job]]:
+) -> tuple[str, int | None, Iterator[Job]]:
     """Recognise the source type; return (kind, number of samples if known, jobs)."""
     path = Path(source)
     fields = {"domain": domain, "text_field": text_field, "audio_field": audio_field, "id_field": id_field}
     if path.is_file():
         if path.suffix == ".parquet":
-            return _from_parquet([path], path.parent, path.stem, split=split, **fields)
+            return from_parquet([path], path.parent, path.stem, split=split, **fields)
         if path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
-            first = _first_record(path)
+            first = first_record(path)
             if "supervisions" in first or ("recording" in first and "type" in first):
-                return _from_lhotse(path, domain)
+                return from_lhotse(path, domain)
             if (audio_field or "audio_filepath") in first:
-                return _from_nemo(path, **fields)
+                return from_nemo(path, **fields)
             raise ConfigError(
                 f"{path}: neither a NeMo manifest (no '{audio_field or 'audio_filepath'}' field) nor a Lhotse "
                 f"CutSet (no 'supervisions'); the first record has fields {sorted(first)}"
@@ -244,297 +220,30 @@ def _open_source(
         )
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            return _from_disk(path, split=split, **fields)
+            return from_disk(path, split=split, **fields)
         parquet = sorted(path.rglob("*.parquet"))
         if parquet:
-            return _from_parquet(parquet, path, path.name, split=split, **fields)
+            return from_parquet(parquet, path, path.name, split=split, **fields)
         audio = [
             p
             for p in sorted(path.rglob("*"))
             if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and audio_dir not in p.parents
         ]
         if audio:
-            return _from_folder(path, audio, domain)
+            return from_folder(path, audio, domain)
         raise ConfigError(
             f"{path}: folder holds no HF dataset (save_to_disk), no parquet files and no audio files "
             f"({', '.join(AUDIO_EXTENSIONS)})"
         )
     if _HF_ID.match(str(source)) and not str(source).startswith("."):
-        return _from_hub(str(source), split=split, **fields)
+        return from_hub(str(source), split=split, **fields)
     raise ConfigError(f"{source}: not an existing file or folder, nor a Hugging Face dataset id of the form 'org/name'")
-
-
-def _first_record(path: Path) -> dict:
-    """The first JSON object of a (possibly gzipped) JSONL file; `ConfigError` if it has none."""
-    with _open_text(path) as f:
-        for line in f:
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{path}: first line is not JSON ({exc})") from None
-                if not isinstance(record, dict):
-                    raise ConfigError(f"{path}: first line is not a JSON object")
-                return record
-    raise ConfigError(f"{path}: file is empty")
-
-
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
-# ------------------------------------------------------------------------------------------------ Hugging Face
-
-
-def _from_hub(dataset_id: str, *, split, **fields):
-    """`org/name` or `org/name:config` (a dataset configuration, e.g. `google/fleurs:he_il`)."""
-    import datasets
-
-    split = split or "train"
-    repo, _, config = dataset_id.partition(":")
-    try:
-        ds = datasets.load_dataset(repo, config or None, split=split)
-    except Exception as exc:  # offline, gated, unknown id, unknown split: the hub raises many types
-        raise DataError(
-            f"{dataset_id}: cannot load Hugging Face dataset (split {split!r}): {type(exc).__name__}: {exc}"
-        ) from None
-    name = repo.split("/")[-1] + (f"-{config}" if config else "")
-    return _from_hf_dataset(ds, "hf_hub", f"{dataset_id}[{split}]", name, None, split=split, **fields)
-
-
-def _from_disk(path: Path, *, split, **fields):
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as exc:
-        raise DataError(f"{path}: not a readable save_to_disk dataset ({type(exc).__name__}: {exc})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        split = split or "train"
-        if split not in ds:
-            raise DataError(f"{path}: no split {split!r}; splits available: {sorted(ds)}")
-        ds = ds[split]
-    return _from_hf_dataset(ds, "hf_disk", str(path), path.name, path, split=split or "train", **fields)
-
-
-def _split_of(file: Path, root: Path) -> str | None:
-    """The split a parquet file belongs to by hub naming (`train-00000-of-00002.parquet`, `test/…`), if any."""
-    parts = file.relative_to(root).parts if root in file.parents else (file.name,)
-    for split in KNOWN_SPLITS:
-        if file.name.startswith(f"{split}-") or file.stem == split or split in parts[:-1]:
-            return split
-    return None
-
-
-def _from_parquet(files: list[Path], root: Path, name: str, *, split, **fields):
-    import datasets
-
-    splits = {f: _split_of(f, root) for f in files}
-    if split is not None or any(splits.values()):
-        # Never mix a test split into training data: with split-named files, pick one split (default train).
-        wanted = split or "train"
-        chosen = [f for f in files if splits[f] == wanted]
-        if not chosen:
-            found = sorted({s for s in splits.values() if s}) or ["none"]
-            raise DataError(f"{root}: no parquet files for split {wanted!r}; splits found in file names: {found}")
-        files = chosen
-    try:
-        ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
-    except Exception as exc:
-        raise DataError(f"{root}: cannot read parquet ({type(exc).__name__}: {exc})") from None
-    return _from_hf_dataset(ds, "parquet", str(root), name, root, split=split or "train", **fields)
-
-
-def _from_hf_dataset(ds, kind, label, name, base_dir, *, split, domain, text_field, audio_field, id_field):
-    """Jobs from an in-memory `datasets.Dataset`: resolve columns (schema errors now), then one job per row."""
-    from datasets import Audio
-
-    columns = list(ds.column_names)
-    audio_field = audio_field or "audio"
-    text_field = _resolve_text_field(text_field, columns, label)
-    for col, what in ((audio_field, "audio"), (id_field, "id")):
-        if col is not None and col not in columns:
-            raise DataError(f"{label}: no {what} column {col!r}; columns available: {columns}")
-    if id_field is None and "id" in columns:
-        id_field = "id"
-    domain_field = "domain" if domain is None and "domain" in columns else None
-    try:
-        ds = ds.cast_column(audio_field, Audio(decode=False))
-    except Exception as exc:
-        raise DataError(
-            f"{label}: column {audio_field!r} is not audio (feature {ds.features[audio_field]}): {exc}"
-        ) from None
-
-    def jobs() -> Iterator[_Job]:
-        for i, row in enumerate(ds):
-            cut_id = str(row[id_field]) if id_field and row[id_field] is not None else f"{name}-{split}-{i:07d}"
-            job = _Job(
-                id=cut_id,
-                source=f"{label}[{i}]",
-                text=row[text_field],
-                domain=domain or (str(row[domain_field]) if domain_field and row[domain_field] else name),
-            )
-            value = row[audio_field] or {}
-            if value.get("bytes"):
-                job.audio = value["bytes"]
-            elif value.get("path"):
-                job.audio = str(_resolve_path(value["path"], base_dir))
-            else:
-                job.reject = ("missing_field", f"no audio bytes or path in column {audio_field!r}")
-            yield job
-
-    return kind, len(ds), jobs()
-
-
-def _resolve_text_field(text_field: str | None, columns: list[str], label: str) -> str:
-    if text_field is not None:
-        if text_field not in columns:
-            raise DataError(f"{label}: no text column {text_field!r}; columns available: {columns}")
-        return text_field
-    for candidate in TEXT_FIELDS:
-        if candidate in columns:
-            return candidate
-    raise DataError(
-        f"{label}: no transcript column (looked for {', '.join(TEXT_FIELDS)}); columns available: {columns}; "
-        "name it with text_field"
-    )
-
-
-def _resolve_path(value: str, base_dir: Path | None) -> Path:
-    """A relative audio path resolves against the source's folder first, then the working directory."""
-    path = Path(value)
-    if path.is_absolute() or base_dir is None:
-        return path
-    beside = base_dir / path
-    if not beside.exists() and path.exists():
-        return path.resolve()
-    return beside  # also when neither exists, so the error names where the file was expected
-
-
-# ------------------------------------------------------------------------------------------------ NeMo JSONL
-
-
-def _from_nemo(path: Path, *, domain, text_field, audio_field, id_field):
-    audio_field = audio_field or "audio_filepath"
-    id_field = id_field or "id"
-    first = _first_record(path)
-    text_field = _resolve_text_field(text_field, sorted(first), str(path))
-    base = path.parent
-    name = base.resolve().name
-
-    with _open_text(path) as f:
-        lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
-
-    def jobs() -> Iterator[_Job]:
-        for lineno, line in lines:
-            job = _Job(id=None, source=f"{path}:{lineno}")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                job.reject = ("bad_record", f"line is not JSON ({exc})")
-                yield job
-                continue
-            if not isinstance(record, dict):
-                job.reject = ("bad_record", "line is not a JSON object")
-                yield job
-                continue
-            audio = record.get(audio_field)
-            audio_path = _resolve_path(str(audio), base) if audio else None
-            if record.get(id_field) not in (None, ""):
-                job.id = str(record[id_field])
-            elif audio_path is not None:
-                job.id = _derive_id(audio_path, base)
-            job.text = record.get(text_field)
-            job.domain = domain or str(record.get("domain") or name)
-            if audio_path is None:
-                job.reject = ("missing_field", f"no {audio_field!r} field; fields: {sorted(record)}")
-            elif text_field not in record:
-                job.reject = ("missing_field", f"no {text_field!r} field; fields: {sorted(record)}")
-            else:
-                job.audio = str(audio_path)
-                if isinstance(record.get("duration"), (int, float)):
-                    job.declared_duration = float(record["duration"])
-            yield job
-
-    return "nemo", len(lines), jobs()
-
-
-def _derive_id(audio_path: Path, base: Path) -> str:
-    """A stable id from a file path: relative to `base` when inside it, no extension, `/` → `-`, spaces → `_`."""
-    try:
-        rel = audio_path.resolve().relative_to(base.resolve())
-    except ValueError:
-        rel = Path(*audio_path.resolve().parts[1:])
-    return re.sub(r"\s+", "_", "-".join(rel.with_suffix("").parts))
-
-
-# ------------------------------------------------------------------------------------------------ audio folder
-
-
-def _from_folder(root: Path, files: list[Path], domain: str | None):
-    name = root.resolve().name
-
-    def jobs() -> Iterator[_Job]:
-        for audio in files:
-            job = _Job(id=_derive_id(audio, root), source=str(audio), domain=domain or name, audio=str(audio))
-            transcript = audio.with_suffix(".txt")
-            if not transcript.is_file():
-                job.reject = ("missing_transcript", f"no transcript file {transcript.name} beside the audio")
-            else:
-                try:  # utf-8-sig drops a byte-order mark that some editors add
-                    job.text = transcript.read_text(encoding="utf-8-sig")
-                except (OSError, UnicodeDecodeError) as exc:
-                    job.reject = ("unreadable", f"cannot read transcript {transcript.name} as UTF-8 ({exc})")
-            yield job
-
-    return "folder", len(files), jobs()
-
-
-# ------------------------------------------------------------------------------------------------ Lhotse manifest
-
-
-def _from_lhotse(path: Path, domain: str | None):
-    cuts = read_manifest(path)
-    base = path.parent
-
-    def jobs() -> Iterator[_Job]:
-        for i, cut in enumerate(cuts):
-            custom = {k: v for k, v in (cut.custom or {}).items() if k != "domain"} or None
-            job = _Job(
-                id=cut.id,
-                source=f"{path}:{i + 1}",
-                text=cut_text(cut),
-                domain=domain or cut_domain(cut),
-                custom=custom,
-            )
-            rec = getattr(cut, "recording", None)
-            if rec is None:
-                job.reject = ("missing_field", "cut has no recording")
-            elif _is_whole_file(cut):
-                job.audio = str(_resolve_path(rec.sources[0].source, base))
-            else:
-                # A cut over part of a file, several channels or a non-file source: let Lhotse load its samples.
-                job.audio = cut.to_dict()
-            yield job
-
-    return "lhotse", len(cuts), jobs()
-
-
-def _is_whole_file(cut) -> bool:
-    rec = cut.recording
-    return (
-        len(rec.sources) == 1
-        and rec.sources[0].type == "file"
-        and not rec.transforms
-        and cut.start == 0
-        and abs(cut.duration - rec.duration) < 1e-3
-    )
 
 
 # ------------------------------------------------------------------------------------------------ validation
 
 
-def _check_before_decoding(jobs: Iterable[_Job], seen_ids: set[str], audio_dir: Path) -> Iterator[_Job]:
+def _check_before_decoding(jobs: Iterable[Job], seen_ids: set[str], audio_dir: Path) -> Iterator[Job]:
     """Checks that need no audio (transcript, duplicate id), run in the main process in source order."""
     for job in jobs:
         if job.reject is None:
@@ -569,7 +278,7 @@ class _Decoder:
         self.max_duration = max_duration
         self.min_duration = min_duration
 
-    def __call__(self, job: _Job) -> _Decoded:
+    def __call__(self, job: Job) -> _Decoded:
         try:
             samples = _load(job)  # (T,) float32 at 16 kHz
         except AudioError as exc:
@@ -594,10 +303,8 @@ class _Decoder:
         return _Decoded(job.out_path, len(samples), written=True, warning=warning)
 
 
-def _load(job: _Job):
+def _load(job: Job):
     if isinstance(job.audio, dict):
-        from lhotse import MonoCut
-
         return load_cut_audio(MonoCut.from_dict(job.audio), label=f"{job.source} ({job.id})")
     samples, _ = decode_audio(job.audio, name=f"{job.source} ({job.id})" if isinstance(job.audio, bytes) else None)
     return samples
@@ -609,13 +316,13 @@ def _usable_in_place(path: str) -> bool:
     return info.samplerate == SAMPLE_RATE and info.channels == 1 and info.format in IN_PLACE_FORMATS
 
 
-def _run_chunk(fn: Callable[[_Job], _Decoded], chunk: list[_Job]) -> list[_Decoded]:
+def _run_chunk(fn: Callable[[Job], _Decoded], chunk: list[Job]) -> list[_Decoded]:
     """A pool task: several jobs at once, so inter-process overhead (~1 ms a task) is paid once per chunk."""
     return [_Decoded() if job.reject else fn(job) for job in chunk]
 
 
-def _chunks(jobs: Iterable[_Job], size: int) -> Iterator[list[_Job]]:
-    chunk: list[_Job] = []
+def _chunks(jobs: Iterable[Job], size: int) -> Iterator[list[Job]]:
+    chunk: list[Job] = []
     for job in jobs:
         chunk.append(job)
         if len(chunk) == size:
@@ -625,7 +332,7 @@ def _chunks(jobs: Iterable[_Job], size: int) -> Iterator[list[_Job]]:
         yield chunk
 
 
-def _ordered_map(fn: Callable[[_Job], _Decoded], jobs: Iterable[_Job], workers: int, chunk_size: int = 16):
+def _ordered_map(fn: Callable[[Job], _Decoded], jobs: Iterable[Job], workers: int, chunk_size: int = 16):
     """Yield (job, fn(job)) in input order, running fn in `workers` processes; pre-rejected jobs pass through.
 
     At most 4 chunks per worker are in flight, which keeps memory flat when a dataset streams audio bytes

@@ -1,5 +1,5 @@
-"""Per-utterance error counts and the statistics on top of them: bootstrap confidence intervals of WER/CER, a paired
-bootstrap test between two systems, and Benjamini–Hochberg correction across domains.
+"""The statistics on top of per-utterance error counts (`caspi.scoring.utterance_counts`): bootstrap confidence
+intervals of WER/CER, a paired bootstrap test between two systems, and Benjamini–Hochberg correction across domains.
 
 Everything works on count arrays, so a resample is a weighted sum, not a re-alignment:
 
@@ -20,87 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import jiwer
 import numpy as np
 
-from caspi.data.text import NORMALISERS
-from caspi.errors import ConfigError, DataError
+from caspi.errors import DataError
+from caspi.scoring import rate
 
 BLOCK = 200  # resamples drawn at once: a (BLOCK, n) weight matrix bounds memory for large n
-
-
-@dataclass
-class UtteranceCounts:
-    """Per-utterance counts (arrays of length n), after normalisation."""
-
-    word_sub: np.ndarray
-    word_del: np.ndarray
-    word_ins: np.ndarray
-    ref_words: np.ndarray
-    char_sub: np.ndarray
-    char_del: np.ndarray
-    char_ins: np.ndarray
-    ref_chars: np.ndarray
-
-    @property
-    def word_errors(self) -> np.ndarray:
-        return self.word_sub + self.word_del + self.word_ins
-
-    @property
-    def char_errors(self) -> np.ndarray:
-        return self.char_sub + self.char_del + self.char_ins
-
-
-def _per_utterance(output, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(substitutions, deletions, insertions, reference length) per utterance from a jiwer output's alignments."""
-    sub, dele, ins, ref = (np.zeros(n, dtype=np.int64) for _ in range(4))
-    for i, chunks in enumerate(output.alignments):
-        for c in chunks:
-            span = c.ref_end_idx - c.ref_start_idx
-            if c.type == "substitute":
-                sub[i] += span
-            elif c.type == "delete":
-                dele[i] += span
-            elif c.type == "insert":
-                ins[i] += c.hyp_end_idx - c.hyp_start_idx
-            if c.type != "insert":
-                ref[i] += span
-    return sub, dele, ins, ref
-
-
-def utterance_counts(refs: Sequence[str], hyps: Sequence[str], normaliser: str = "scoring") -> UtteranceCounts:
-    """Word and character errors of each (reference, hypothesis) pair after normalisation, with jiwer's alignment.
-
-    A reference that normalises to nothing has length 0 and counts every hypothesis word/character as an
-    insertion. Handled here rather than by jiwer, whose treatment of empty references has changed between
-    versions (REFERENCE.md "Evaluation conventions")."""
-    if normaliser not in NORMALISERS:
-        raise ConfigError(f"unknown normaliser {normaliser!r}; known: {', '.join(NORMALISERS)}")
-    if len(refs) != len(hyps):
-        raise DataError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    norm = NORMALISERS[normaliser]
-    r = [norm(x) for x in refs]
-    h = [norm(x) for x in hyps]
-    n = len(r)
-    words = [np.zeros(n, dtype=np.int64) for _ in range(4)]
-    chars = [np.zeros(n, dtype=np.int64) for _ in range(4)]
-    scored = [i for i in range(n) if r[i]]
-    if scored:
-        w = _per_utterance(jiwer.process_words([r[i] for i in scored], [h[i] for i in scored]), len(scored))
-        c = _per_utterance(jiwer.process_characters([r[i] for i in scored], [h[i] for i in scored]), len(scored))
-        for target, source in ((words, w), (chars, c)):
-            for k in range(4):
-                target[k][scored] = source[k]
-    for i in range(n):
-        if not r[i]:
-            words[2][i] = len(h[i].split())
-            chars[2][i] = len(h[i])
-    return UtteranceCounts(*words, *chars)
-
-
-def rate(errors: np.ndarray, refs: np.ndarray) -> float:
-    total = float(np.sum(refs))
-    return float(np.sum(errors)) / total if total > 0 else float("nan")
 
 
 Seed = int | np.random.SeedSequence

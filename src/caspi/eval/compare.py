@@ -1,10 +1,14 @@
 """`caspi compare`: two systems scored on the same eval manifest, side by side, per domain and overall.
 
     result = compare("eval/round1", "eval/round2", "compare/r1-vs-r2", names=("round 1", "round 2"))
+    result = compare_systems("runs/round1", "eval/round2", "compare/r1-vs-r2", manifest="data/eval.jsonl.gz")
+
+`compare` takes two eval folders; `compare_systems` (what `caspi compare` calls) also takes a model for A or B and
+evaluates it on `manifest` first, into OUT/eval-a or OUT/eval-b.
 
 For each domain and overall, for WER and for CER: the rate of A and of B with their bootstrap intervals, the
 difference B − A with a paired bootstrap interval and a two-sided p-value (paired bootstrap,
-`caspi.eval.stats.paired_bootstrap`), p-values adjusted across domains with Benjamini–Hochberg (WER and CER each a
+`caspi.eval.bootstrap.paired_bootstrap`), p-values adjusted across domains with Benjamini–Hochberg (WER and CER each a
 family of their own), and a verdict: better / worse / no significant difference (adjusted p < `alpha`). Each domain
 is resampled from its own independent stream. WER is the primary metric (`verdict`, `any_worse`); CER's keys are
 prefixed `cer_`. Outputs: comparison.csv (seed 001's table first: dataset, round-1 WER, round-2 WER, improvement;
@@ -20,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from caspi.config import EvalConfig
 from caspi.data.cuts import write_atomic
-from caspi.errors import DataError
-from caspi.eval.evaluate import read_predictions
-from caspi.eval.stats import benjamini_hochberg, bootstrap_ci, independent_seeds, paired_bootstrap
+from caspi.errors import ConfigError, DataError
+from caspi.eval.evaluate import PREDICTIONS, SUMMARY, evaluate, read_predictions
+from caspi.eval.bootstrap import benjamini_hochberg, bootstrap_ci, independent_seeds, paired_bootstrap
 
 BETTER, WORSE, SAME = "better", "worse", "no significant difference"
 
@@ -33,6 +38,7 @@ class CompareResult:
     rows: list[dict]
     out_dir: Path
     any_worse: bool
+    names: tuple[str, str]  # A's and B's names in the tables
 
 
 def _aligned(a_dir: Path, b_dir: Path):
@@ -100,7 +106,33 @@ def compare(a_dir: str | Path, b_dir: str | Path, out_dir: str | Path, *, names:
     write_atomic(out_dir / "comparison.md", lambda path: path.write_text(render_markdown(rows, names, meta),
                                                                    encoding="utf-8"))
     write_atomic(out_dir / "comparison.png", lambda path: plot(rows, names, path))
-    return CompareResult(rows, out_dir, any(r["verdict"] == WORSE for r in rows))
+    return CompareResult(rows, out_dir, any(r["verdict"] == WORSE for r in rows), tuple(names))
+
+
+def compare_systems(a: str | Path, b: str | Path, out_dir: str | Path, *, manifest: str | Path | None = None,
+                    config: EvalConfig | None = None, language: str | None = None,
+                    names: tuple[str, str] | None = None, resamples: int = 1000, seed: int = 0,
+                    alpha: float = 0.05, progress: bool = True) -> CompareResult:
+    """`compare` of two systems, each an eval folder or a model (a Caspi run or checkpoint, an export, a hub id).
+
+    A model is evaluated on `manifest` first (with `config` and `language`, as `evaluate` takes them) into
+    OUT/eval-a or OUT/eval-b. A folder holding predictions.jsonl or summary.json is always taken for an eval
+    folder, complete or not, so an interrupted eval is refused by name rather than loaded as a model. `names`
+    default to the two paths' last parts. ConfigError when a model is given without `manifest`."""
+    out_dir = Path(out_dir)
+    folders = []
+    for label, system in zip("ab", (a, b)):
+        if (Path(system) / PREDICTIONS).is_file() or (Path(system) / SUMMARY).is_file():
+            folders.append(Path(system))
+            continue
+        if manifest is None:
+            raise ConfigError(f"compare: {system} is not an eval output folder; pass --manifest to evaluate it first")
+        folder = out_dir / f"eval-{label}"
+        evaluate(manifest, folder, config, model=str(system), language=language, resamples=resamples, seed=seed,
+                 progress=progress)
+        folders.append(folder)
+    names = tuple(names) if names else (Path(a).name, Path(b).name)
+    return compare(folders[0], folders[1], out_dir, names=names, resamples=resamples, seed=seed, alpha=alpha)
 
 
 def _write_csv(path: Path, rows: list[dict], names: tuple[str, str]) -> None:
