@@ -15,13 +15,15 @@ TORCH_INDEX ?=
 setup: $(STAMP)
 
 # torch first, with an exact pin, from TORCH_INDEX when set (the CPU build for a CPU-only machine); otherwise from
-# the default index, whose Linux torch is the CUDA build. Then Caspi, then espeak-ng (fails when it cannot install it).
+# the default index, whose Linux torch is the CUDA build. Then Caspi, then espeak-ng and chromium (the report's browser
+# test; each fails when it cannot install its package).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@scripts/ensure-espeak
+	@scripts/ensure-chromium
 	touch $(STAMP)
 
 # The main job: synthesise (8 % planted errors) → import → statistics → Phase 0 audit (exit 3 stops here on STOP)

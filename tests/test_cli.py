@@ -16,7 +16,7 @@ def test_subcommand_surface_is_pinned():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == {"validate-recipe", "synth", "import", "stats", "audit", "train", "export", "eval",
-                                "compare"}
+                                "compare", "convert", "report"}
 
 
 def test_validate_recipe_ok(capsys):
@@ -116,3 +116,60 @@ def test_train_reports_on_the_main_process_only(tmp_path, capsys, monkeypatch, i
     assert main(["train", "--recipe", str(RECIPES / "demo-cpu.yaml"), "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("trained 3 steps (1 epochs), last loss 1.5000, best WER 0.250\n") if printed else out == ""
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def _compare_folder(tmp_path) -> Path:
+    """A `caspi compare` folder of two hypothesis files on a metadata-only manifest (no audio is read)."""
+    import json
+
+    from lhotse import CutSet
+
+    from caspi.data.cuts import make_cut, write_manifest
+
+    texts = ["שלום עולם יפה", "הילד הולך לבית הספר", "מחר נלך לים", "הגשם יורד בחוץ"] * 3
+    cuts = [make_cut(f"utt-{i:02d}", tmp_path / f"clip{i}.flac", 32000, t, domain=("studio", "whatsapp")[i % 2])
+            for i, t in enumerate(texts)]
+    manifest = write_manifest(CutSet.from_cuts(cuts), tmp_path / "eval.jsonl.gz")
+    for name, keep in (("r1", 1), ("r2", 3)):
+        hyps = tmp_path / f"{name}.jsonl"
+        hyps.write_text("".join(json.dumps({"id": c.id, "hypothesis": " ".join(t.split()[:keep])}) + "\n"
+                                for c, t in zip(cuts, texts)), encoding="utf-8")
+        assert main(["eval", "--hypotheses", str(hyps), "--manifest", str(manifest), "--out", str(tmp_path / name),
+                     "--resamples", "20", "--quiet"]) == 0
+    assert main(["compare", str(tmp_path / "r1"), str(tmp_path / "r2"), "--out", str(tmp_path / "cmp"),
+                 "--resamples", "20", "--quiet"]) == 0
+    return tmp_path / "cmp"
+
+
+def test_report_writes_the_page_and_every_command_is_recorded(tmp_path, capsys):
+    from caspi.report.commands import read_commands
+
+    cmp = _compare_folder(tmp_path)
+    capsys.readouterr()
+    assert main(["report", str(cmp), "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "0 audit(s) (0 flagged samples, 0 clips), 1 comparison(s), 0 run(s)" in out
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert [c["argv"][1] for c in read_commands(cmp)] == ["compare"]
+    assert [c["argv"][1:] for c in read_commands(tmp_path / "report")] == [["report", str(cmp), "--out",
+                                                                           str(tmp_path / "report")]]
+    assert all(c["exit_code"] == 0 and c["cwd"] for c in read_commands(tmp_path / "r1"))
+    assert f"$ caspi compare {tmp_path / 'r1'} {tmp_path / 'r2'} --out {cmp}" in page
+    assert f"$ caspi report {cmp} --out {tmp_path / 'report'}" in page  # this report's own command, listed last
+
+
+def test_report_of_a_folder_that_is_none_of_the_kinds_exits_2(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    assert main(["report", str(tmp_path / "notes"), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert "is not an audit folder (alignment_report.json" in err and "none of its sub-folders is one" in err
+    assert not (tmp_path / "report").exists() and not (tmp_path / "notes" / "commands.jsonl").exists()
+
+
+def test_only_rank_0_records_a_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    cmp = _compare_folder(tmp_path)
+    assert not (cmp / "commands.jsonl").exists()

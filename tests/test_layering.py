@@ -2,7 +2,8 @@
 its own layer), and no caspi import hides inside a function to dodge a cycle (the CLI alone imports lazily, so that
 `caspi --help` does not load torch).
 
-    errors → data, models → config → models.loading, scoring → audit, eval → train → testing → cli → __main__
+    errors → data, models → config → models.loading, scoring → audit, eval → train → report → testing → cli
+    → __main__
 
 Why config sits above models: a recipe is checked against its model family (language tags, the longest clip it
 takes), and the family is the one place those facts live; data/ and models/ never read a recipe type (they take plain
@@ -31,9 +32,10 @@ LAYERS = {
     "caspi.audit": 4,
     "caspi.eval": 4,
     "caspi.train": 5,
-    "caspi.testing": 6,
-    "caspi.cli": 7,
-    "caspi.__main__": 8,  # `python -m caspi`: runs the CLI
+    "caspi.report": 6,  # reads what audit, eval and train write
+    "caspi.testing": 7,
+    "caspi.cli": 8,
+    "caspi.__main__": 9,  # `python -m caspi`: runs the CLI
 }
 LAZY_IMPORTS_ALLOWED = {"caspi.cli"}  # its commands import on use, so `caspi --help` stays fast
 

@@ -1,6 +1,6 @@
-"""The package's docstrings, the README and the benchmarks cite tests and benchmarks by path (`tests/train/test_kill_resume.py`,
-`tests/x.py::test_name`, `benchmarks/bench_scoring.py`): every cited file and test function must exist, so a rename
-cannot leave a reader following a dead reference."""
+"""The package's docstrings, the README and the benchmarks cite tests and benchmarks by path
+(`tests/train/test_kill_resume.py`, `tests/x.py::test_name`, `benchmarks/bench_scoring.py`): every cited file and test
+function must exist, so a rename cannot leave a reader following a dead reference."""
 
 import re
 from pathlib import Path

@@ -12,6 +12,7 @@ import argparse
 import json
 import re
 import sys
+import time
 import traceback
 
 from caspi.errors import CaspiError, ConfigError
@@ -196,6 +197,28 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+def cmd_convert(args) -> int:
+    from caspi.models.convert import convert
+
+    report = convert(args.src, args.out, processor_from=args.processor_from)
+    print(report.summary())
+    print(f"  load it with from_pretrained, or give {args.out} wherever Caspi takes a model")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from caspi.report.build import build_report
+
+    result = build_report(args.inputs, args.out, max_samples=args.max_samples, command=args.argv)
+    for note in result.notes:
+        print(note)
+    flagged = sum(len(a.flagged) for a in result.audits)
+    print(f"report: {len(result.audits)} audit(s) ({flagged} flagged samples, {len(result.audio_files)} clips), "
+          f"{len(result.compares)} comparison(s), {len(result.runs)} run(s)")
+    print(f"  page   {result.page}  (open it in a browser; the folder is self-contained)")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------------------- parser
 
 
@@ -297,7 +320,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: new, empty, or an earlier export (replaced "
                                                 "atomically); any other non-empty folder is refused")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("convert", help="a Qwen3-ASR checkpoint in the original qwen-asr layout or an HF Trainer "
+                                        "checkpoint-N/ folder as a native folder that transformers 5.x loads")
+    p.add_argument("src", help="the folder to convert (config.json with thinker_config, or checkpoint-N/)")
+    p.add_argument("--out", required=True, help="output folder: new, empty, or an earlier conversion (replaced "
+                                                "atomically); any other non-empty folder is refused")
+    p.add_argument("--processor-from", metavar="ID_OR_FOLDER",
+                   help="hub id or folder for the processor files SRC lacks (e.g. Qwen/Qwen3-ASR-1.7B-hf)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("report", help="one self-contained HTML page (report.html + its audio and plots) from audit, "
+                                       "compare and run folders")
+    p.add_argument("inputs", nargs="+", metavar="FOLDER",
+                   help="audit, compare or run folders, or a folder holding them (e.g. runs/)")
+    p.add_argument("--out", required=True, help="output folder: new, empty, or an earlier report (replaced)")
+    p.add_argument("--max-samples", type=int, default=100,
+                   help="flagged samples listed with their audio, per audit (the rest in a table)")
+    p.set_defaults(func=cmd_report)
     return parser
+
+
+RECORDED = {"synth", "audit", "train", "eval", "compare", "report"}  # commands whose --out folder lists them
+
+
+def _record(args, argv: list[str], code: int, started: float) -> None:
+    """Append the command to OUT/commands.jsonl (`caspi.report.commands`), so the report can list the exact
+    commands that made each folder. Under torchrun only rank 0 records. Never fails the command."""
+    if args.command not in RECORDED:
+        return
+    from caspi.report.commands import record_command
+    from caspi.train.distributed import World
+
+    if not World.from_env().is_main:
+        return
+
+    try:
+        record_command(args.out, argv, code, started)
+    except OSError as exc:
+        print(f"caspi: warning: could not record the command in {args.out}: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,7 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return EXIT_USAGE
-        return int(args.func(args) or EXIT_OK)
+        args.argv = argv
+        started = time.time()
+        code = int(args.func(args) or EXIT_OK)
+        _record(args, argv, code, started)
+        return code
     except CaspiError as exc:
         if debug:
             traceback.print_exc()

@@ -405,3 +405,51 @@ def test_model_identity_follows_a_folders_content_and_pins_hub_revisions(tmp_pat
     capsys.readouterr()
     assert model_identity("org/elsewhere").endswith(":unresolved")
     assert "cannot resolve the hub model 'org/elsewhere'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the loss scorer (issue #16, section 2.4)
+
+
+def test_the_loss_scorer_in_the_audit_its_report_and_its_cache(tone_model, tone_manifest, tmp_path):
+    import re
+
+    import torch
+    from transformers import Qwen3ASRForConditionalGeneration
+
+    from caspi.audit.run import render_summary
+
+    model, processor, _ = tone_model
+    export = tmp_path / "round1"  # the model as a folder, loaded by `load_model` like a user's Round 1
+    model.save_pretrained(export)
+    processor.save_pretrained(export)
+    config = AuditConfig(workers=1, scorers={"rate": {"enabled": False}, "vad": {"enabled": False},  # tones, no speech
+                                             "loss": {"enabled": True, "model": str(export),
+                                                      "min_domain_samples": 4}})
+    out = tmp_path / "p0"
+    first = audit(tone_manifest, out, config, all_samples=True, progress=False)
+    assert Counter(s for _, s in first.measured_pairs) == {"text": 16, "loss": 16}
+    report = first.report
+    assert report["visibility"] == {"loss": {"sees": ["tones"], "cannot_see": ["noise"]}}
+    assert report["domain_statistics"]["tones"]["loss"]["swap_recall"] == 1.0
+    assert report["domain_statistics"]["noise"]["loss"]["swap_recall"] == 0.0
+    # Blind in the noise, the scorer flags nothing there, so none of its false alarms are netted off there.
+    expected = {d: s["expected_false_alarms"] for d, s in report["domain_statistics"].items()}
+    assert expected["noise"] == 0.0 and expected["tones"] == pytest.approx(8 * 0.00621, rel=0.01)  # 8 clips, none hard
+    (entry,) = report["flagged"]  # the tone that carries another tone's sentence, and nothing in the noise
+    assert entry["id"] == "tones-3" and entry["reasons"] == ["loss_outlier"]
+    assert re.match(r"loss 1\.\d\d nats/token, domain median 0\.00 \(z \+\d+", entry["notes"]["loss_outlier"])
+    assert entry["loss"]["tokens"] == 10
+    assert "tones-3" not in {c.id for c in read_manifest(first.cleaned_path)}
+    summary = render_summary(report)
+    assert "The loss scorer vouches for: tones." in summary and "It cannot see noise:" in summary
+    assert "loss scorer: sees wrong transcripts here: 100% of 8 swapped transcripts" in summary
+
+    # Cached under the model's content: a re-run measures nothing, the same folder with other weights everything.
+    assert audit(tone_manifest, out, config, all_samples=True, progress=False).measured == 0
+    trained_further = Qwen3ASRForConditionalGeneration.from_pretrained(export)
+    with torch.no_grad():
+        trained_further.lm_head.weight.mul_(1.01)
+    trained_further.save_pretrained(export)
+    again = audit(tone_manifest, out, config, all_samples=True, progress=False)
+    assert Counter(s for _, s in again.measured_pairs) == {"loss": 16}
+    assert [f["id"] for f in again.report["flagged"]] == ["tones-3"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -151,3 +153,173 @@ def test_hard_and_soft_reasons():
                                         "asr_mismatch", "aligner_low_coverage"))
     assert RateScorer(RateScorerConfig(max_abs_z=3.0)).false_alarm_rate == pytest.approx(0.0027, abs=1e-4)
     assert TextScorer(TextScorerConfig()).false_alarm_rate == 0.0
+
+
+# ------------------------------------------------------------------------- the loss scorer (issue #16, section 2.4)
+
+
+def loss_measures(losses, swaps=None):
+    swaps = swaps if swaps is not None else [5.0] * len(losses)  # far above: the scorer sees the domain
+    return [{"loss": x, "tokens": 10, "swap_loss": y} for x, y in zip(losses, swaps)]
+
+
+def loss_scorer(**settings):
+    from caspi.audit.scorers import LossScorer
+    from caspi.config.schema import LossScorerConfig
+
+    return LossScorer(LossScorerConfig(**settings), model=(None, None, None))  # flag/explain need no model
+
+
+def test_a_swapped_transcript_costs_the_model_more_than_the_true_one(tone_model, tone_sentences):
+    from caspi.audit.scorers import transcript_losses
+    from caspi.testing import tone
+
+    model, processor, family = tone_model
+    audio = [tone(1.0, f) for f, _ in tone_sentences]
+    texts = [t for _, t in tone_sentences]
+    own = transcript_losses(model, processor, family, audio, texts, batch_size=3)
+    swapped = transcript_losses(model, processor, family, audio, texts[1:] + texts[:1], batch_size=3)
+    # The character tokenizer: one token per letter or space, plus the end token (`language Hebrew<asr_text>` excluded).
+    assert [n for _, n in own] == [len(t) + 1 for t in texts]
+    for (mine, _), (other, _) in zip(own, swapped):
+        assert mine < 0.05 and other > 10 * mine  # measured: ≤ 0.0011 against 0.59–1.9 nats/token
+
+
+def test_transcript_losses_are_the_training_loss_of_the_transcript_alone():
+    import torch
+
+    from caspi.audit.scorers import label_prefix_length, transcript_losses
+    from caspi.models import get_family
+    from caspi.testing import tone
+
+    texts = ["שלום עולם יפה", "בוקר"]
+    audio = [tone(1.3, 440), tone(0.6, 880)]
+    for name in ("qwen3_asr", "whisper"):
+        family = get_family(name)
+        model, processor = family.tiny(texts, seed=0)
+        batched = transcript_losses(model, processor, family, audio, texts)  # padded together
+        alone = [transcript_losses(model, processor, family, [a], [t])[0] for a, t in zip(audio, texts)]
+        assert [n for _, n in batched] == [n for _, n in alone]
+        assert [x for x, _ in batched] == pytest.approx([x for x, _ in alone], rel=1e-5)
+        prefix = label_prefix_length(family, processor, None)
+        # `language Hebrew<asr_text>` in characters; Whisper's <|he|><|transcribe|><|notimestamps|>
+        assert prefix == {"qwen3_asr": 16, "whisper": 3}[name]
+        if name == "qwen3_asr":  # the model's own loss with the prefix masked out of the labels: the same number
+            batch = family.build_inputs(processor, audio[:1], texts[:1])
+            labels = batch["labels"].clone()
+            first = int((labels[0] != -100).nonzero()[0])
+            labels[0, first:first + prefix] = -100
+            with torch.no_grad():
+                assert float(model(**batch | {"labels": labels}).loss) == pytest.approx(alone[0][0], rel=1e-5)
+
+
+def test_loss_outliers_are_judged_within_their_own_domain():
+    scorer = loss_scorer(min_domain_samples=5, max_z=3.0)
+    rng = np.random.default_rng(0)
+    studio = list(0.5 + 0.05 * rng.standard_normal(20)) + [1.5]  # 1.5 is far out for studio ...
+    whatsapp = list(2.0 + 0.3 * rng.standard_normal(20)) + [1.5, 4.0]  # ... and typical of whatsapp; 4.0 is not
+    samples = [sample(i, domain="studio") for i in range(21)] + [sample(100 + i, domain="whatsapp") for i in range(22)]
+    measures = loss_measures(studio + whatsapp)
+    reasons = scorer.flag(samples, measures)
+    assert [i for i, r in enumerate(reasons) if r] == [20, 42] and reasons[20] == ["loss_outlier"]
+    notes = scorer.explain(samples, measures)
+    assert re.fullmatch(r"loss 1\.50 nats/token, domain median 0\.(49|50|51) \(z \+\d+\.\d, limit \d\.\d\d\)",
+                        notes[20]["loss_outlier"])
+    assert re.match(r"loss 4\.00 nats/token, domain median (1\.9|2\.0)", notes[42]["loss_outlier"])
+    assert notes[0] == {}
+    # One-sided: an unusually low loss (a transcript the model finds easy) is no evidence of a wrong one.
+    assert scorer.flag(samples[:21], loss_measures(studio[:20] + [0.0])) == [[]] * 21
+    assert scorer.false_alarm_rate == pytest.approx(0.00135, abs=1e-5)
+
+
+def test_the_upper_semi_mad_keeps_a_right_skewed_clean_spread_from_raising_false_alarms():
+    from caspi.audit.scorers import robust_scores
+
+    rng = np.random.default_rng(0)
+    # Losses of clean clips under a model that knows the sound: most near 0, a tail of partly misheard clips.
+    skewed, normal = rng.gamma(2.0, 0.2, 3000), rng.normal(1.0, 0.2, 3000)
+
+    def flagged(x, tail):
+        sc = robust_scores(x, ["d"] * len(x), 20, 2.5, tail=tail)
+        return float(np.mean(sc.z > sc.limit))
+
+    assert flagged(skewed, "both") > 0.05 and flagged(skewed, "upper") < 0.6 * flagged(skewed, "both")
+    assert flagged(normal, "upper") == pytest.approx(flagged(normal, "both"), abs=0.002)  # both σ for normal data
+    assert robust_scores(normal, ["d"] * 3000, 20, tail="upper").ref_n[0] == 1500  # the half above the median
+
+
+def test_the_scorer_says_which_domains_it_can_see_and_flags_nothing_where_it_cannot():
+    scorer = loss_scorer(min_domain_samples=5, min_visibility=0.5)
+    rng = np.random.default_rng(1)
+    heard = list(0.5 + 0.05 * rng.standard_normal(30))
+    unheard = list(2.0 + 0.3 * rng.standard_normal(30)) + [9.0]
+    # Where the model hears the audio, another sample's transcript costs far more than the claimed one; where it
+    # does not, both are scored by the text prior alone and come from the same distribution.
+    swaps = list(3.0 + 0.3 * rng.standard_normal(30)) + list(2.0 + 0.3 * rng.standard_normal(31))
+    samples = [sample(i, domain="heard") for i in range(30)] + [sample(100 + i, domain="unheard") for i in range(31)]
+    measures = loss_measures(heard + unheard, swaps)
+    report = scorer.domain_report(samples, measures)
+    assert report["heard"]["sees"] and report["heard"]["swap_recall"] == 1.0 and report["heard"]["swap_auc"] == 1.0
+    assert not report["unheard"]["sees"] and report["unheard"]["swap_recall"] < 0.1
+    assert 0.3 < report["unheard"]["swap_auc"] < 0.7 and report["unheard"]["probes"] == 31
+    assert report["heard"]["median_loss"] == pytest.approx(np.median(heard))
+    assert report["unheard"]["summary"].startswith("cannot see wrong transcripts here: ")
+    assert not any(scorer.flag(samples, measures))  # the 9.0 in `unheard` is far out, but the scorer is blind there
+    # Without probes (a batch of one sample each) nothing is vouched for.
+    blind = scorer.domain_report(samples, loss_measures(heard + unheard, [float("nan")] * 61))
+    assert not blind["heard"]["sees"] and blind["heard"]["probes"] == 0
+    assert blind["heard"]["summary"].startswith("cannot see: no swapped transcript was scored here")
+
+
+def test_the_loss_scorer_catches_a_wrong_transcript_on_audio_the_model_knows(tone_model, tone_clips):
+    from caspi.audit.scorers import AuditSample
+
+    scorer = loss_scorer(min_domain_samples=4)
+    scorer._loaded = tone_model
+    samples = [AuditSample(i, d, t, len(a) / 16000, audio=a) for i, d, a, t in tone_clips]
+    measures = scorer.measure(samples)
+    assert all(m["tokens"] > 0 and np.isfinite(m["loss"]) and np.isfinite(m["swap_loss"]) for m in measures)
+    reasons = scorer.flag(samples, measures)
+    assert {s.id for s, r in zip(samples, reasons) if r} == {"tones-3"}  # the tone carrying another one's sentence
+    report = scorer.domain_report(samples, measures)
+    assert report["tones"]["sees"] and report["tones"]["swap_recall"] == 1.0
+    assert not report["noise"]["sees"] and report["noise"]["swap_recall"] == 0.0  # it never heard noise
+    assert 0.3 < report["noise"]["swap_auc"] < 0.7
+
+
+def test_swap_partners_stay_in_the_domain_and_skip_identical_transcripts():
+    from caspi.audit.scorers import swap_partners
+
+    samples = [sample(0, "א"), sample(1, "א"), sample(2, "ב"), sample(3, "ג", domain="d"), sample(4, "ג", domain="x")]
+    # 3 and 4 are alone in their domains and share a text: each takes the next sample with another text.
+    assert swap_partners(samples) == [2, 2, 0, 0, 0]
+    assert swap_partners([sample(0)]) == [None]
+
+
+def test_loss_scorer_config_errors_name_the_key():
+    from caspi.audit.scorers import LossScorer
+    from caspi.config import apply_overrides, validate_recipe_dict
+    from caspi.config.schema import LossScorerConfig
+
+    with pytest.raises(ConfigError) as info:
+        validate_recipe_dict(apply_overrides({"name": "r"}, ["audit.scorers.loss.enabled=true",
+                                                             "audit.scorers.loss.max_z=0",
+                                                             "audit.scorers.loss.min_visibility=1.5"]))
+    message = str(info.value)
+    assert "audit.scorers.loss: model: give the model that reads the transcripts" in message
+    assert "audit.scorers.loss.max_z: Input should be greater than 0" in message
+    assert "audit.scorers.loss.min_visibility: Input should be less than or equal to 1" in message
+    with pytest.raises(ConfigError, match=r"audit\.scorers\.loss\.model: give the model"):
+        LossScorer(LossScorerConfig())
+    recipe = validate_recipe_dict(apply_overrides({"name": "r"}, ["audit.scorers.loss.enabled=true",
+                                                                  "audit.scorers.loss.model=runs/round1"]))
+    built = build_scorers(recipe.audit.scorers)
+    assert [s.name for s in built] == ["text", "rate", "vad", "loss"] and built[-1].cache_key == "1:model=runs/round1"
+
+
+def test_rate_reasons_say_the_rate_and_the_domain_median():
+    scorer = RateScorer(RateScorerConfig(min_domain_samples=5))
+    text = "אבגדהוזחטיכלמנסעפצקרשת"  # 22 letters
+    samples = [sample(i, text, duration=2.0 + 0.01 * i) for i in range(30)] + [sample(30, text, duration=4.4)]
+    notes = scorer.explain(samples, scorer.measure(samples))
+    assert notes[30]["rate_low"].startswith("5.0 chars/s, domain median 10.") and notes[0] == {}

@@ -244,7 +244,11 @@ def test_qwen_processor_and_model_round_trip(qwen, tmp_path):
         torch.testing.assert_close(model(**a).logits, loaded.eval()(**b).logits)
 
 
-def test_qwen_load_refuses_original_layout_and_other_families(qwen, whisper, tmp_path):
+def test_qwen_load_refuses_an_unconvertible_original_layout_and_other_families(qwen, whisper, tmp_path,
+                                                                              monkeypatch):
+    # An original-layout folder is converted on load (tests/models/test_convert.py); one that cannot be converted
+    # (here a thinker_config without its sub-configs beside native tensors) is refused, and nothing is cached.
+    monkeypatch.setenv("CASPI_CACHE_DIR", str(tmp_path / "cache"))
     family, model, processor = qwen
     model.save_pretrained(tmp_path / "orig")
     processor.save_pretrained(tmp_path / "orig")
@@ -252,8 +256,9 @@ def test_qwen_load_refuses_original_layout_and_other_families(qwen, whisper, tmp
     config = json.loads(config_file.read_text())
     config["thinker_config"] = {"audio_config": {}}
     config_file.write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="thinker_config"):
+    with pytest.raises(CheckpointError, match="thinker_config.text_config is missing"):
         family.load(str(tmp_path / "orig"))
+    assert not (tmp_path / "cache").exists()
     whisper[1].save_pretrained(tmp_path / "wh")
     with pytest.raises(CheckpointError, match="not Qwen3-ASR"):
         family.load(str(tmp_path / "wh"))

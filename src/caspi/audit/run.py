@@ -7,9 +7,10 @@ sample with the cheap scorers → cleaned manifest.
 The decision rests on the (stratified) sample, scored by every enabled scorer. A manifest is called cleaned only
 if every sample in it was scored: with `audit.clean: all` (the default) every sample of the manifest is scored by
 the cheap, model-free scorers (text, rate, vad; the rate's domain statistics then come from the whole manifest)
-and every flagged sample is removed, as well as those the model scorers (ctc, asr, qwen3_aligner) flagged in the
-sample; those score every sample only when the whole manifest is audited (`--all`, or `sample_fraction: 1`). With
-`audit.clean: none` no cleaned manifest is written and the report says so.
+and every flagged sample is removed, as well as those the model scorers (ctc, asr, loss, qwen3_aligner) flagged in
+the sample; those score every sample only when the whole manifest is audited (`--all`, or `sample_fraction: 1`).
+With `audit.clean: none` no cleaned manifest is written and the report says so. A model scorer that says what it
+can see (`loss`) adds per domain whether it vouches for it, in `domain_statistics` and `visibility`.
 
 Outputs in DIR:
     scores.jsonl            every measurement as it is made, one line per (sample, scorer), keyed by what it measured
@@ -442,8 +443,9 @@ def build_report(samples, scorers, cache, reasons, config, *, manifest: Path, cl
     - per domain (stratum), a sample counts as low quality when it has a hard reason (unreadable, no speech,
       empty or Latin transcript: counted as is), and soft-only flags (rate / speech-rate outliers, low coverage,
       high CER) count net of the false alarms the scorers are expected to raise on its clean samples:
-          bad_h = hard_h + max(0, soft_h − f · (n_h − hard_h)),   f = Σ scorers' `false_alarm_rate`
-      (rate at |z| > 3: 0.27 %, held at every domain size by the small-sample threshold of `robust_threshold`);
+          bad_h = hard_h + max(0, soft_h − f_h · (n_h − hard_h)),   f_h = Σ scorers' `false_alarm_rate`
+      (rate at |z| > 3: 0.27 %, held at every domain size by the small-sample threshold of `robust_threshold`;
+      a model scorer that cannot see domain h, per its `domain_report`, flags nothing there and adds nothing);
     - the domains are weighted by their share of the manifest (`population`, samples per domain; default: the
       sampled counts, i.e. proportional), with a stratified Wilson interval (`caspi.audit.gate.stratified_share`).
 
@@ -454,6 +456,22 @@ def build_report(samples, scorers, cache, reasons, config, *, manifest: Path, cl
     low = [s for s in samples if reasons[s.id]]
     hard = {s.id for s in low if any(is_hard(r) for r in reasons[s.id])}
     false_alarm_rate = sum(sc.false_alarm_rate for sc in scorers)
+    notes: dict[str, dict[str, str]] = defaultdict(dict)  # sample id → reason → the values behind it
+    sight: dict[str, dict[str, dict]] = {}  # scorer → domain → what it can see there (`Scorer.domain_report`)
+    for scorer in scorers:
+        rows = [s for s in samples if cache.get(s.id, scorer) is not None]  # the readable samples
+        measures = [cache.get(s.id, scorer) for s in rows]
+        for s, note in zip(rows, scorer.explain(rows, measures)):
+            notes[s.id].update(note)
+        seen = scorer.domain_report(rows, measures)
+        if seen:
+            sight[scorer.name] = seen
+
+    def domain_false_alarm_rate(domain: str) -> float:
+        # A scorer flags nothing in a domain it cannot see, so it raises no false alarms there either.
+        return sum(sc.false_alarm_rate for sc in scorers
+                   if sight.get(sc.name, {}).get(domain, {}).get("sees", True))
+
     population = dict(population) if population is not None else dict(Counter(s.domain for s in samples))
     coverages = {s.id: _coverage(s.id, scorers, cache) for s in samples}
     source = next((src for _, src in coverages.values() if src), None)
@@ -463,7 +481,7 @@ def build_report(samples, scorers, cache, reasons, config, *, manifest: Path, cl
         cov = [coverages[s.id][0] for s in rows if coverages[s.id][0] is not None]
         n_low = sum(bool(reasons[s.id]) for s in rows)
         n_hard = sum(s.id in hard for s in rows)
-        expected = false_alarm_rate * (len(rows) - n_hard)
+        expected = domain_false_alarm_rate(domain) * (len(rows) - n_hard)
         bad = n_hard + max(0.0, (n_low - n_hard) - expected)
         strata.append(Stratum(population.get(domain, len(rows)), len(rows), bad))
         domains[domain] = {
@@ -485,12 +503,16 @@ def build_report(samples, scorers, cache, reasons, config, *, manifest: Path, cl
         d["weight"] = st.population / weight_total
     pct = 100.0 * estimate.share
     lo, hi = estimate.ci95
+    for domain, entry in domains.items():
+        entry.update({name: seen[domain] for name, seen in sight.items() if domain in seen})
     flagged = []
     for s in low:
         entry = {"id": s.id, "domain": s.domain, "reasons": reasons[s.id]}
         error = cache.unreadable(s.id)
         if error:
             entry["error"] = error
+        if notes.get(s.id):
+            entry["notes"] = notes[s.id]
         for scorer in scorers:
             m = cache.get(s.id, scorer)
             if m is not None:
@@ -516,6 +538,10 @@ def build_report(samples, scorers, cache, reasons, config, *, manifest: Path, cl
         "soft_only_samples": len(low) - len(hard),
         "coverage": {**_percentiles([c for c, _ in coverages.values()]), "source": source},
         "domain_statistics": domains,
+        # Per model scorer that says so (`Scorer.domain_report`), the domains it can vouch for and those it cannot see.
+        "visibility": {name: {"sees": sorted(d for d, e in seen.items() if e["sees"]),
+                              "cannot_see": sorted(d for d, e in seen.items() if not e["sees"])}
+                       for name, seen in sight.items()},
         "reasons": dict(Counter(r for s in low for r in reasons[s.id]).most_common()),
         "flagged": flagged,
         "scorers": [s.describe() for s in scorers],
@@ -558,6 +584,13 @@ def render_summary(report: dict) -> str:
                 f"    Low quality: {d['low_quality_percentage']:.1f}% flagged ({d['hard_failures']} hard), "
                 f"{d['estimated_low_quality_percentage']:.1f}% estimated", f"    Mean coverage: {mean_cov}",
                 f"    Length mismatches: {d['length_mismatch_percentage']:.1f}%"]
+        out += [f"    {name} scorer: {d[name]['summary']}" for name in report.get("visibility", {}) if name in d]
+    for name, v in report.get("visibility", {}).items():
+        out += ["", f"The {name} scorer vouches for: {', '.join(v['sees']) or 'no domain'}."]
+        if v["cannot_see"]:
+            out.append(f"It cannot see {', '.join(v['cannot_see'])}: the model does not know that sound well enough "
+                       "to tell a wrong transcript from a right one there, so it flags nothing in those domains and "
+                       "their wrong transcripts count only as far as the other scorers catch them.")
     decision, pct = report["decision"], report["low_quality_percentage"]
     t = report["thresholds"]
     words = {

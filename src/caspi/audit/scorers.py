@@ -17,19 +17,26 @@ A sample is low quality when any enabled scorer gives it a reason. What each sco
                                                        forced alignment)
     asr            asr_mismatch                        another utterance's transcript, another language (CER
                                                        against a model's hypothesis)
+    loss           loss_outlier                        a wrong transcript of any length: the model's teacher-forced
+                                                       loss per token of the claimed transcript against the
+                                                       domain's median; only where the model knows the sound (the
+                                                       report says per domain whether it can see there)
     qwen3_aligner  aligner_low_coverage                words the aligner cannot place (its 11 languages only;
                                                        for Hebrew it refuses: it was never trained on it)
 
-Robust statistics: rates are compared with their domain's median and MAD (×1.4826, the normal-consistent scale);
-a domain with fewer than `min_domain_samples` audited samples is compared with the whole set. The threshold on
-|z| is widened for the sampling error of the median and MAD at the reference's size (`robust_threshold`), so a
-clean clip of a 50-clip domain is no likelier to be flagged than one of a 50,000-clip domain.
+Robust statistics (`robust_scores`): rates and losses are compared with their domain's median and MAD (×1.4826,
+the normal-consistent scale); a domain with fewer than `min_domain_samples` audited samples is compared with the
+whole set. The threshold on |z| is widened for the sampling error of the median and MAD at the reference's size
+(`robust_threshold`), so a clean clip of a 50-clip domain is no likelier to be flagged than one of a 50,000-clip
+domain.
 
 Reasons come in two classes (`HARD_REASONS`, `is_hard`). Hard failures (unreadable, no_speech, empty_transcript,
 latin_script) are facts about the sample; soft reasons (rate and speech-rate outliers, low alignment / aligner
-coverage, a high CER against a model) are evidence: a clean sample gets one with some probability, the scorer's
-`false_alarm_rate`. Both remove the sample from the cleaned manifest (a soft flag costs one clip), but the gate
-counts soft flags only beyond the false alarms expected of the scorers (see `caspi.audit.run.build_report`).
+coverage, a high CER against a model, a high loss) are evidence: a clean sample gets one with some probability, the
+scorer's `false_alarm_rate`. Both remove the sample from the cleaned manifest (a soft flag costs one clip), but the
+gate counts soft flags only beyond the false alarms expected of the scorers (see `caspi.audit.run.build_report`).
+A reason's values ("5.1 chars/s, domain median 11.0") come from the scorer's `explain`; what a model scorer can see
+in each domain, from its `domain_report`.
 """
 
 from __future__ import annotations
@@ -138,6 +145,17 @@ class Scorer(ABC):
         distribution exists: hard checks, and coverage / CER thresholds whose clean spread is unknown)."""
         return 0.0
 
+    def explain(self, samples: list[AuditSample], measures: list[dict]) -> list[dict[str, str]]:
+        """Per sample, {reason: the values behind it} for the reasons `flag` gives (the report shows them next to
+        the reason: "5.1 chars/s, domain median 11.0"); empty where a reason speaks for itself."""
+        return [{} for _ in samples]
+
+    def domain_report(self, samples: list[AuditSample], measures: list[dict]) -> dict[str, dict]:
+        """Per domain, what this scorer can see there (the report's `domain_statistics[domain][name]`): a dict with
+        `sees` (bool: the scorer vouches for the domain) and `summary` (one line for the console), or nothing for
+        a scorer that sees the same everywhere."""
+        return {}
+
     def thresholds(self) -> dict:
         return {k: v for k, v in self.config.model_dump().items() if k != "enabled"}
 
@@ -154,39 +172,62 @@ def scoring_letters(text: str) -> str:
     return "".join(ch for ch in for_scoring(text) if not ch.isspace())
 
 
-def _centre_scale(ref: np.ndarray) -> tuple[float, float]:
+def _centre_scale(ref: np.ndarray, tail: str = "both") -> tuple[float, float, int]:
+    """(median, scale, size of the sample the scale rests on). `tail` "both": MAD × 1.4826; "upper": the same of the
+    values at or above the median only (the upper semi-MAD), the spread a one-sided test of high values needs when
+    the distribution is skewed right. Both are σ for normal data."""
     from scipy.stats import median_abs_deviation
 
     median = float(np.median(ref))
-    scale = float(median_abs_deviation(ref, scale="normal"))  # MAD × 1.4826: σ for normal data
+    if tail == "upper":
+        above = ref[ref >= median] - median
+        scale, size = 1.482602218505602 * float(np.median(above)), int(above.size)  # 1 / Φ⁻¹(¾)
+    else:
+        scale, size = float(median_abs_deviation(ref, scale="normal")), int(ref.size)
     # All (or most) values equal: MAD is 0; 5 % of the median as the unit keeps z finite and meaningful.
-    return median, scale if scale > 0 else max(abs(median) * 0.05, 1e-9)
+    return median, scale if scale > 0 else max(abs(median) * 0.05, 1e-9), size
 
 
-def _robust(values, groups: list[str], min_group: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample: (robust z, size of the reference it was computed against)."""
+@dataclass(frozen=True)
+class RobustScores:
+    """Per sample: its robust z, the reference it was compared with, and the |z| threshold at that reference's size.
+    `own` is False where the sample's domain was too small and the whole set was the reference."""
+
+    z: np.ndarray  # (N,) (x − centre) / scale; NaN where x is NaN
+    centre: np.ndarray  # (N,) the reference's median
+    scale: np.ndarray  # (N,) the reference's MAD × 1.4826
+    ref_n: np.ndarray  # (N,) values the scale rests on (0 when there are none at all)
+    limit: np.ndarray  # (N,) `robust_threshold(k, ref_n)`
+    own: np.ndarray  # (N,) bool
+
+
+def robust_scores(values, groups: list[str], min_group: int, k: float = 3.0, tail: str = "both") -> RobustScores:
+    """(x − median) / scale within each group, and the widened threshold `robust_threshold(k, n)` at the size of
+    the sample the scale rests on; groups with fewer than `min_group` finite values are compared with the whole set.
+    `tail`: "both" (scale: MAD × 1.4826) or "upper" (the upper semi-MAD, for flagging high values only; its
+    threshold is widened for the half of the reference it rests on)."""
     values = np.asarray(values, dtype=float)
     names = np.asarray(groups)
     finite = np.isfinite(values)
-    z = np.full(len(values), np.nan)
-    ref_n = np.zeros(len(values), dtype=int)
-    if not finite.any():
-        return z, ref_n
-    overall = _centre_scale(values[finite])
-    for group in sorted(set(groups)):
-        mask = names == group
-        ref = values[mask & finite]
-        own = ref.size >= min_group
-        median, scale = _centre_scale(ref) if own else overall
-        z[mask] = (values[mask] - median) / scale
-        ref_n[mask] = ref.size if own else int(finite.sum())
-    return z, ref_n
+    n = len(values)
+    z, centre, scale = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    ref_n, own = np.zeros(n, dtype=int), np.zeros(n, dtype=bool)
+    if finite.any():
+        overall = _centre_scale(values[finite], tail)
+        for group in sorted(set(groups)):
+            mask = names == group
+            ref = values[mask & finite]
+            is_own = ref.size >= min_group
+            centre[mask], scale[mask], ref_n[mask] = _centre_scale(ref, tail) if is_own else overall
+            own[mask] = is_own
+        z = (values - centre) / scale
+    return RobustScores(z, centre, scale, ref_n, robust_threshold(k, ref_n), own)
 
 
 def robust_z(values, groups: list[str], min_group: int) -> np.ndarray:
     """(x - median) / (MAD × 1.4826) within each group; groups with fewer than `min_group` finite values are
     compared with the whole set. NaN stays NaN."""
-    return _robust(values, groups, min_group)[0]
+    return robust_scores(values, groups, min_group).z
 
 
 def robust_threshold(k: float, n) -> np.ndarray:
@@ -208,8 +249,14 @@ def robust_threshold(k: float, n) -> np.ndarray:
 
 def robust_outliers(values, groups: list[str], min_group: int, k: float) -> tuple[np.ndarray, np.ndarray]:
     """(robust z, per-sample |z| threshold from `robust_threshold` at its reference's size). NaN z stays NaN."""
-    z, ref_n = _robust(values, groups, min_group)
-    return z, robust_threshold(k, ref_n)
+    scores = robust_scores(values, groups, min_group, k)
+    return scores.z, scores.limit
+
+
+def reference_words(scores: RobustScores, i: int) -> str:
+    """What sample i was compared with, for a reason's note: "domain median" or "median of all samples" (its
+    domain was too small to be its own reference)."""
+    return "domain median" if scores.own[i] else "median of all samples"
 
 
 def normal_false_alarm_rate(k: float) -> float:
@@ -255,11 +302,23 @@ class RateScorer(Scorer):
     def false_alarm_rate(self) -> float:
         return normal_false_alarm_rate(self.config.max_abs_z)
 
-    def flag(self, samples, measures):
+    def _scores(self, samples, measures) -> RobustScores:
         rates = np.array([m["chars_per_s"] for m in measures], dtype=float)
-        z, limit = robust_outliers(rates, [s.domain for s in samples], self.config.min_domain_samples,
-                                   self.config.max_abs_z)
-        return [["rate_low"] if zi < -t else ["rate_high"] if zi > t else [] for zi, t in zip(np.nan_to_num(z), limit)]
+        return robust_scores(rates, [s.domain for s in samples], self.config.min_domain_samples, self.config.max_abs_z)
+
+    def flag(self, samples, measures):
+        sc = self._scores(samples, measures)
+        return [["rate_low"] if zi < -t else ["rate_high"] if zi > t else []
+                for zi, t in zip(np.nan_to_num(sc.z), sc.limit)]
+
+    def explain(self, samples, measures):
+        sc = self._scores(samples, measures)
+        notes = []
+        for i, (m, reasons) in enumerate(zip(measures, self.flag(samples, measures))):
+            text = (f"{m['chars_per_s']:.1f} chars/s, {reference_words(sc, i)} {sc.centre[i]:.1f} "
+                    f"(z {sc.z[i]:+.1f}, limit ±{sc.limit[i]:.2f})")
+            notes.append({r: text for r in reasons})
+        return notes
 
 
 class VadScorer(Scorer):
@@ -328,28 +387,38 @@ class CtcScorer(Scorer):
                 for m in measures]
 
 
-class AsrScorer(Scorer):
-    name, version = "asr", "1"
+class _ModelScorer(Scorer):
+    """A scorer that runs an ASR model Caspi can load (`config.model`: a Caspi run or checkpoint folder, an exported
+    or `from_pretrained` folder, a hub id; `caspi.models.loading.load_model`), prompted in the language the run was
+    trained with. Measurements are keyed by the model's content (`model_identity`). The model is loaded on first
+    `measure`, on CUDA in bfloat16 when there is one, else on the CPU in float32; tests inject
+    `model=(model, processor, family)`."""
+
     needs_audio = True
-    measure_keys = ("model", "max_new_tokens")
     reads, cheap = ("audio", "text"), False
+    uses = "whose transcripts are compared"  # what the model is for, in the error that asks for it
+
+    def __init__(self, config, model=None):
+        super().__init__(config)
+        if model is None and not config.model:
+            raise ConfigError(f"audit.scorers.{self.name}.model: give the model {self.uses} (a Caspi run folder, an "
+                              f"exported folder or a hub id), or disable the {self.name} scorer")
+        self._loaded = model
 
     @functools.cached_property
     def model_identity(self) -> str | None:
         # A run folder resolves to its newest checkpoint: the identity follows `latest` and the weights' content.
         return model_identity(self.config.model) if self.config.model else "injected"
 
-    def __init__(self, config, model=None):
-        super().__init__(config)
-        if model is None and not config.model:
-            raise ConfigError("audit.scorers.asr.model: give the model whose transcripts are compared (a Caspi run "
-                              "folder, an exported folder or a hub id), or disable the asr scorer")
-        self._loaded = model  # (model, processor, family), injected in tests
-
     @property
     def loaded(self):
         if self._loaded is None:
-            self._loaded = load_model(self.config.model)
+            import torch
+
+            cuda = torch.cuda.is_available()
+            model, processor, family = load_model(self.config.model,
+                                                  dtype=torch.bfloat16 if cuda else torch.float32)
+            self._loaded = model.to("cuda" if cuda else "cpu"), processor, family
         return self._loaded
 
     @functools.cached_property
@@ -358,6 +427,11 @@ class AsrScorer(Scorer):
         if not self.config.model:
             return None
         return trained_language(self.config.model)
+
+
+class AsrScorer(_ModelScorer):
+    name, version = "asr", "1"
+    measure_keys = ("model", "max_new_tokens")
 
     def measure(self, samples):
         model, processor, family = self.loaded
@@ -371,6 +445,195 @@ class AsrScorer(Scorer):
 
     def flag(self, samples, measures):
         return [["asr_mismatch"] if not (m["cer"] <= self.config.max_cer) else [] for m in measures]
+
+
+class LossScorer(_ModelScorer):
+    """The model reads the claimed transcript instead of writing its own: its teacher-forced mean cross-entropy
+    (nats per token) of the transcript given the clip, one forward pass and no generation
+    (`transcript_losses`), compared within each domain.
+
+    measure, per sample:
+        loss         mean cross-entropy of the transcript's tokens and the end token (the family's fixed prompt
+                     prefix, e.g. `language Hebrew<asr_text>`, excluded: every sample shares it)
+        tokens       how many tokens that mean is over
+        swap_loss    the same clip scored with another sample's transcript (the *swap probe*: the next sample of
+                     the same domain in the measured batch, else of any domain; NaN for a batch of one). It is a
+                     wrong transcript by construction, whatever that sample's text is now, so it stays valid in
+                     the cache when the other sample changes.
+    flag: `loss_outlier` when the robust z of the loss (domain median and MAD, `robust_scores`, the threshold
+    widened for small domains) exceeds `max_z`, in the domains the scorer can see (below).
+
+    What it can see (`domain_report`), with no ground truth: a model scores the claimed transcript of a clip
+    lower than another one only as far as it hears the clip; on audio it never learned (another channel, another
+    speaker), both come from its text prior alone and score alike. The swap probes are wrong transcripts planted
+    on the domain's own audio, so the share of them the flag rule would catch (`swap_recall`: z of swap_loss
+    against the domain's claimed losses above the threshold) is the recall of a wrong transcript in that domain,
+    and their AUC against the claimed losses is the separation at any threshold. Both rest only on most claimed
+    transcripts being right, which the audit's median already assumes. A domain with `swap_recall` below
+    `min_visibility` is reported as one the scorer cannot see, and its loss outliers are not flagged: there they
+    say more about the transcript's wording than about its truth.
+    """
+
+    name, version = "loss", "1"
+    measure_keys = ("model",)
+    uses = "that reads the transcripts"
+
+    def measure(self, samples):
+        model, processor, family = self.loaded
+        partners = swap_partners(samples)
+        # Similar durations together: less padding of the audio and of the prompt (about 13 audio tokens per second).
+        order = sorted(range(len(samples)), key=lambda i: samples[i].duration)
+        own = transcript_losses(model, processor, family, [samples[i].audio for i in order],
+                                [samples[i].text for i in order], language=self.language,
+                                batch_size=self.config.batch_size)
+        probed = [i for i in order if partners[i] is not None]
+        swapped = transcript_losses(model, processor, family, [samples[i].audio for i in probed],
+                                    [samples[partners[i]].text for i in probed], language=self.language,
+                                    batch_size=self.config.batch_size)
+        out: list[dict] = [{} for _ in samples]
+        for i, (loss, tokens) in zip(order, own):
+            out[i] = {"loss": loss, "tokens": tokens, "swap_loss": float("nan")}
+        for i, (loss, _) in zip(probed, swapped):
+            out[i]["swap_loss"] = loss
+        return out
+
+    @property
+    def false_alarm_rate(self) -> float:
+        return normal_false_alarm_rate(self.config.max_z) / 2  # one tail: only a high loss is flagged
+
+    def _scores(self, samples, measures) -> RobustScores:
+        losses = np.array([m["loss"] for m in measures], dtype=float)
+        # Upper tail: a model that knows the sound gives most clean clips a loss near 0 and a few of them (a word it
+        # mishears) more, a spread skewed right; the MAD of both halves then makes clean clips of that tail look far
+        # out (11 false alarms in 267 clean studio clips at z > 2.5 with a Round 1 of studio CER 0.19, 3 with this).
+        return robust_scores(losses, [s.domain for s in samples], self.config.min_domain_samples, self.config.max_z,
+                             tail="upper")
+
+    def flag(self, samples, measures):
+        sc = self._scores(samples, measures)
+        seen = {d for d, v in self.domain_report(samples, measures, sc).items() if v["sees"]}
+        return [["loss_outlier"] if s.domain in seen and zi > t else []
+                for s, zi, t in zip(samples, np.nan_to_num(sc.z), sc.limit)]
+
+    def explain(self, samples, measures):
+        sc = self._scores(samples, measures)
+        return [{r: f"loss {m['loss']:.2f} nats/token, {reference_words(sc, i)} {sc.centre[i]:.2f} "
+                    f"(z {sc.z[i]:+.1f}, limit {sc.limit[i]:.2f})" for r in reasons}
+                for i, (m, reasons) in enumerate(zip(measures, self.flag(samples, measures)))]
+
+    def domain_report(self, samples, measures, scores: RobustScores | None = None):
+        sc = scores if scores is not None else self._scores(samples, measures)
+        losses = np.array([m["loss"] for m in measures], dtype=float)
+        swaps = np.array([m["swap_loss"] for m in measures], dtype=float)
+        domains = np.array([s.domain for s in samples])
+        out = {}
+        for domain in sorted(set(domains.tolist())):
+            mask = domains == domain
+            own, probe = losses[mask & np.isfinite(losses)], mask & np.isfinite(swaps)
+            # The probe's z against the reference the domain's own samples are judged by (same centre, scale, limit).
+            z_swap = (swaps[probe] - sc.centre[probe]) / sc.scale[probe]
+            recall = float(np.mean(z_swap > sc.limit[probe])) if probe.any() else float("nan")
+            auc = separation_auc(own, swaps[probe])
+            sees = bool(recall >= self.config.min_visibility)  # False for NaN: no probe, no vouching
+            entry = {
+                "sees": sees,
+                "swap_recall": recall,
+                "swap_auc": auc,
+                "probes": int(probe.sum()),
+                "median_loss": float(np.median(own)) if own.size else float("nan"),
+                "swap_median_loss": float(np.median(swaps[probe])) if probe.any() else float("nan"),
+            }
+            entry["summary"] = (
+                f"{'sees' if sees else 'cannot see'} wrong transcripts here: {recall:.0%} of {entry['probes']} "
+                f"swapped transcripts would be flagged (AUC {auc:.2f}); median loss {entry['median_loss']:.2f} "
+                f"nats/token, swapped {entry['swap_median_loss']:.2f}" if probe.any() else
+                "cannot see: no swapped transcript was scored here (each of its samples was measured alone), so "
+                "nothing says what the model can see")
+            out[domain] = entry
+        return out
+
+
+def swap_partners(samples: list[AuditSample]) -> list[int | None]:
+    """For each sample, the index of the sample whose transcript its swap probe reads: the next one (in id order,
+    cyclically) of the same domain with a different transcript, else the next of any domain, else None."""
+    order = sorted(range(len(samples)), key=lambda i: samples[i].id)
+    by_domain: dict[str, list[int]] = {}
+    for i in order:
+        by_domain.setdefault(samples[i].domain, []).append(i)
+    partners: list[int | None] = [None] * len(samples)
+    for i in order:
+        for ring in (by_domain[samples[i].domain], order):
+            at = ring.index(i)
+            partners[i] = next((j for j in ring[at + 1:] + ring[:at] if samples[j].text != samples[i].text), None)
+            if partners[i] is not None:
+                break
+    return partners
+
+
+def separation_auc(low, high) -> float:
+    """P(a value of `high` > a value of `low`) + ½ P(tie): the area under the ROC curve of a threshold on the
+    value for telling `high` from `low` (Mann–Whitney U / (n·m)); NaN when either is empty."""
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    if not low.size or not high.size:
+        return float("nan")
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(high, low, alternative="greater").statistic / (low.size * high.size))
+
+
+def label_prefix_length(family, processor, language: str | None) -> int:
+    """How many label tokens come before the transcript in every sample (Qwen3-ASR: `language X<asr_text>`;
+    Whisper: the language, task and no-timestamps tokens): the labels of an empty transcript less its end token."""
+    silence = [np.zeros(1600, dtype=np.float32)]  # 0.1 s: the prompt does not depend on the audio's content
+    labels = family.build_inputs(processor, silence, [""], language=language)["labels"]  # (1, L)
+    return int((labels != -100).sum()) - 1
+
+
+def transcript_losses(model, processor, family, audio: list[np.ndarray], texts: list[str], *,
+                      language: str | None = None, batch_size: int = 16) -> list[tuple[float, int]]:
+    """Teacher-forced mean cross-entropy (nats per token) of each transcript given its 16 kHz clip, with the
+    number of tokens it is over: the transcript's tokens and the end token, after the family's fixed prefix
+    (`label_prefix_length`). The inputs and labels are the family's `build_inputs`, exactly as in training (right
+    padding, `language`), so the figure is the training loss of that one sample. Batches of `batch_size` clips in
+    the order given (sort by duration for less padding); the model runs in eval mode and gets its mode back."""
+    import torch
+    import torch.nn.functional as F
+
+    if not audio:
+        return []
+    prefix = label_prefix_length(family, processor, language)
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    out: list[tuple[float, int]] = []
+    try:
+        for start in range(0, len(audio), batch_size):
+            batch = family.build_inputs(processor, audio[start:start + batch_size], texts[start:start + batch_size],
+                                        dtype=param.dtype, language=language)
+            batch = {k: v.to(param.device) for k, v in batch.items()}
+            labels = batch.pop("labels")  # (B, L)
+            with torch.inference_mode():
+                if model.config.is_encoder_decoder:
+                    # Whisper: the decoder reads the labels shifted right, so logits[:, t] predict labels[:, t].
+                    logits = model(**batch, labels=labels).logits  # (B, L, V)
+                    targets = labels
+                else:
+                    # Decoder-only (Qwen3-ASR): logits[:, t] predict token t + 1. Only the positions before some
+                    # row's label are projected onto the vocabulary (audio tokens are most of the sequence).
+                    targets = labels[:, 1:]  # (B, L − 1)
+                    keep = (targets != -100).any(dim=0).nonzero().squeeze(1)  # (K,) positions
+                    logits = model(**batch, logits_to_keep=keep).logits  # (B, K, V)
+                    targets = targets[:, keep]  # (B, K)
+                nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100,
+                                      reduction="none")  # (B, K) nats
+            valid = targets != -100
+            scored = valid & (valid.cumsum(dim=1) > prefix)  # the label tokens after the fixed prefix
+            counts = scored.sum(dim=1)  # (B,)
+            sums = (nll * scored).sum(dim=1)  # (B,)
+            out += [(float(s / c) if c > 0 else float("nan"), int(c)) for s, c in zip(sums.tolist(), counts.tolist())]
+    finally:
+        model.train(was_training)
+    return out
 
 
 class Qwen3AlignerScorer(Scorer):
@@ -569,7 +832,8 @@ def model_identity(spec: str, revision: str | None = None) -> str:
     return f"hub:{spec}@{revision or 'main'}:unresolved"
 
 
-SCORERS = {cls.name: cls for cls in (TextScorer, RateScorer, VadScorer, CtcScorer, AsrScorer, Qwen3AlignerScorer)}
+SCORERS = {cls.name: cls for cls in (TextScorer, RateScorer, VadScorer, CtcScorer, AsrScorer, LossScorer,
+                                      Qwen3AlignerScorer)}
 
 
 def build_scorers(config) -> list[Scorer]:

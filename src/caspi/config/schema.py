@@ -228,6 +228,32 @@ class AsrScorerConfig(_Section):
     max_new_tokens: int = Field(128, ge=1)
 
 
+class LossScorerConfig(_Section):
+    """Teacher-forced loss of the claimed transcript under a model (in Round 2: the Round-1 model), per token, against
+    its domain's median: one forward pass a clip, no generation; sees wrong transcripts where the model knows the
+    sound, and the report says which domains those are (`caspi.audit.scorers.LossScorer`)."""
+
+    enabled: bool = False
+    model: str | None = None  # a Caspi run folder or checkpoint, an exported folder, or a hub id
+    # Robust z of the loss above which a sample is flagged loss_outlier: one-sided, against the domain's median and
+    # upper semi-MAD (× 1.4826), widened for small domains as the rate scorer's is. 2.5 measured with studio-only
+    # Round 1 models (benchmarks/bench_audit_model.py): at studio CER 0.19 every studio wrong transcript caught for
+    # 2 false alarms in 267 clean clips (0 at 3.0); at CER 0.50, 4 of 6 caught and none at 3.0.
+    max_z: float = Field(2.5, gt=0)
+    min_domain_samples: int = Field(20, ge=3)  # smaller domains are compared with the whole audited set
+    # Share of swapped transcripts (another sample's text on a domain's audio) the flag would catch, below which the
+    # scorer "cannot see" the domain: it reports so and flags nothing there.
+    min_visibility: float = Field(0.5, ge=0, le=1)
+    batch_size: int = Field(16, ge=1)  # clips per forward pass
+
+    @model_validator(mode="after")
+    def _has_model(self):
+        if self.enabled and not self.model:
+            raise ValueError("model: give the model that reads the transcripts (a Caspi run folder, an exported "
+                             "folder or a hub id), or set enabled: false")
+        return self
+
+
 class Qwen3AlignerConfig(_Section):
     """Qwen3-ForcedAligner-0.6B: only for its 11 languages; Hebrew is not one of them."""
 
@@ -247,6 +273,7 @@ class ScorersConfig(_Section):
     vad: VadScorerConfig = VadScorerConfig()
     ctc: CtcScorerConfig = CtcScorerConfig()
     asr: AsrScorerConfig = AsrScorerConfig()
+    loss: LossScorerConfig = LossScorerConfig()
     qwen3_aligner: Qwen3AlignerConfig = Qwen3AlignerConfig()
 
 

@@ -16,7 +16,6 @@ checkpoint's pickles (optimizer, RNG): those are for resuming, and unpickling a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -28,6 +27,7 @@ from safetensors.torch import load_file
 
 from caspi.config import Recipe, validate_recipe_dict
 from caspi.errors import CheckpointError, ConfigError
+from caspi.models.convert import ensure_native, folder_sha256
 from caspi.models.families import (
     ModelFamily,
     family_names,
@@ -209,14 +209,19 @@ def load_run(path: str | Path, dtype: torch.dtype | None = None):
     return model.eval(), processor, get_family(recipe.model.family)
 
 
-def load_model(spec: str | Path, dtype: torch.dtype = torch.float32):
+def load_model(spec: str | Path, dtype: torch.dtype = torch.float32, processor_from: str | None = None):
     """(model, processor, family) from anything a user calls a model: a Caspi run or checkpoint folder, an exported
-    or other local `from_pretrained` folder, or a hub id (its family from the config's `model_type`)."""
+    or other local `from_pretrained` folder, or a hub id (its family from the config's `model_type`). A Qwen3-ASR
+    folder in the original `qwen-asr` layout or an HF Trainer `checkpoint-N/` is converted first, once, into a cache
+    (`caspi.models.convert.ensure_native`: one line on stderr names the copy); `processor_from` (hub id or folder)
+    supplies processor files such a folder lacks."""
     from transformers import AutoConfig
 
     path = Path(spec)
     if (path / RUN_FILE).is_file() or is_complete(path):
         return load_run(path, dtype=dtype)
+    if is_local_path(str(spec)) and path.is_dir():
+        spec = ensure_native(path, processor_from=processor_from)
     config = from_pretrained_or_raise(AutoConfig.from_pretrained, "model", str(spec), None)
     family = next((get_family(n) for n in family_names() if config.model_type in get_family(n).model_types), None)
     if family is None:
@@ -233,26 +238,6 @@ def load_model(spec: str | Path, dtype: torch.dtype = torch.float32):
 # only if its content hash is unchanged.
 
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
-_HASH_BLOCK = 1 << 20  # bytes read at a time: multi-GB weight files are streamed, never held in memory
-
-
-def folder_sha256(folder: str | Path, pattern: str = "*") -> str:
-    """Content hash of a local model folder: sha256 over each file's relative path, size and bytes, in path
-    order, for the files matching `pattern` (recursive). Hidden files and folders (.git, .cache) and Markdown files
-    are left out: they do not change the model."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    files = sorted(
-        p for p in folder.rglob(pattern)
-        if p.is_file() and p.suffix != ".md" and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-    for path in files:
-        relative = path.relative_to(folder).as_posix()
-        digest.update(f"{relative}\0{path.stat().st_size}\0".encode())
-        with open(path, "rb") as f:
-            while block := f.read(_HASH_BLOCK):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def is_commit_sha(revision: str | None) -> bool:

@@ -15,12 +15,14 @@ The processor's `apply_transcription_request` rejects "Hebrew", so the prefill i
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from caspi.errors import CheckpointError, ConfigError
+from caspi.models.convert import ensure_native
 from caspi.models.families import (
     layer_regex,
     PEFT_PREFIX,
@@ -31,6 +33,7 @@ from caspi.models.families import (
     check_padding_side,
     from_pretrained_or_raise,
     generation_autocast,
+    is_local_path,
     register,
 )
 from caspi.models.tokenizer import train_unicode_bpe
@@ -118,6 +121,8 @@ REFERENCE_SIZES: dict[str, dict[str, dict[str, int]]] = {
         "text": dict(hidden_size=1024, intermediate_size=3072),
     },
 }
+# The official repos in the original layout; each has a converted `-hf` twin.
+ORIGINAL_HUB_IDS = ("Qwen/Qwen3-ASR-1.7B", "Qwen/Qwen3-ASR-0.6B")
 HE_INIT_GAIN = 3.0  # std = gain / sqrt(fan_in) for the conv front end; see `init_audio_frontend`
 
 
@@ -163,14 +168,20 @@ class Qwen3ASRFamily(ModelFamily):
 
     # --- loading ---------------------------------------------------------------------------------------------
 
-    def load(self, name_or_path: str, revision: str | None = None, dtype: torch.dtype | str = torch.bfloat16):
+    def load(self, name_or_path: str, revision: str | None = None, dtype: torch.dtype | str = torch.bfloat16,
+             processor_from: str | None = None):
         """Load `(model, processor)` by hub id (`Qwen/Qwen3-ASR-1.7B-hf`, `-0.6B-hf`) or local folder.
 
-        Refuses the original (non `-hf`) layout: transformers 5.x ignores its nested `thinker_config` and would
-        silently build a default-sized model (REFERENCE.md, "Two stacks").
+        A local folder in the original `qwen-asr` layout or an HF Trainer `checkpoint-N/` folder is converted to
+        the native layout first, once, into a cache (`caspi.models.convert.ensure_native`, which says so on
+        stderr); `processor_from` (a hub id or folder) supplies processor files such a folder lacks. A hub repo in
+        the original layout (`Qwen/Qwen3-ASR-1.7B`, not `-hf`) is refused: transformers 5.x ignores its nested
+        `thinker_config` and would silently build a default-sized model (REFERENCE.md, "Two stacks").
         """
         from transformers import AutoConfig, AutoProcessor, Qwen3ASRForConditionalGeneration
 
+        if is_local_path(name_or_path) and Path(name_or_path).is_dir():
+            name_or_path = str(ensure_native(name_or_path, processor_from=processor_from))
         config = from_pretrained_or_raise(AutoConfig.from_pretrained, self.name, name_or_path, revision)
         self.check_config(config, name_or_path)
         model = from_pretrained_or_raise(
@@ -192,10 +203,14 @@ class Qwen3ASRFamily(ModelFamily):
                 "(model_type 'qwen3_asr'); pick the family that matches it"
             )
         if hasattr(config, "thinker_config"):
+            # Local folders are converted before their config is read (`load`), so this is a hub repo.
+            converted = (f"'{name_or_path}-hf'" if name_or_path in ORIGINAL_HUB_IDS
+                         else "(e.g. 'Qwen/Qwen3-ASR-1.7B-hf')")
             raise CheckpointError(
-                f"{name_or_path!r} uses the original Qwen3-ASR layout (`thinker_config`), which transformers 5.x "
-                "ignores (you would get default weights' shapes); use the converted repo, e.g. "
-                "'Qwen/Qwen3-ASR-1.7B-hf'"
+                f"{name_or_path!r} is in the original Qwen3-ASR layout (`thinker_config`), which transformers 5.x "
+                f"misreads (you would get default weights' shapes); load the converted repo {converted}, or download "
+                f"this one (`hf download {name_or_path} --local-dir DIR`) and convert it: `caspi convert DIR --out "
+                "DST` (or give DIR itself: local folders are converted on load)"
             )
         if config.audio_config.output_dim != config.text_config.hidden_size:
             raise CheckpointError(

@@ -17,7 +17,8 @@ a step, its partial gradients and step loss.
 
 run.json is written once, at the first start, by rank 0: the recipe and its fingerprint, the pinned base
 (`caspi.models.loading.pin_base`; tiny models are built here, once, into RUN/base), the manifests' sha256, the gate
-decision, versions. Every later start checks the recipe and the manifests against it.
+decision, versions. Every later start checks the recipe and the manifests against it; one that restores a
+checkpoint appends {"step", "checkpoint", "at"} to its `resumes` list.
 """
 
 from __future__ import annotations
@@ -204,6 +205,12 @@ def check_run_json(run_dir: Path, recipe: Recipe, *, world: World, resume: ckpt.
         record = RunRecord(base=meta.get("base"), manifests=manifests)  # base None: `load_base` warns
         _check_manifests(record, meta, meta_path, world=world, resume=resume, resume_path=resume_path,
                          new_data=new_data)
+        if resume is not None and world.is_main:
+            # metrics.jsonl is cut back to the checkpoint on resume (it reads as one run): the resumes live here,
+            # for `caspi report` to mark on the curves.
+            meta.setdefault("resumes", []).append({"step": resume.state["step"], "checkpoint": resume_path.name,
+                                                   "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            ckpt.write_text_atomic(meta_path, json.dumps(meta, indent=2, ensure_ascii=False))
         return record
     if resume is not None:
         raise CheckpointError(f"{run_dir}: checkpoints without run.json; not a Caspi run folder")
