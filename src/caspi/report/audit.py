@@ -36,6 +36,7 @@ from caspi.data.audio import write_flac
 from caspi.data.cuts import cut_domain, cut_text, file_sha256, load_cut_audio, read_manifest
 from caspi.errors import AudioError, DataError
 from caspi.report.commands import read_commands
+from caspi.report.inputs import read_json
 
 # reason → the (scorer, measurement) it is judged on; the ranking's score is that measurement's robust |z|.
 REASON_MEASURES = {
@@ -126,7 +127,7 @@ class AuditSection:
 def read_audit(folder: Path, out_dir: Path, *, max_samples: int) -> AuditSection:
     """The section for one audit folder; the audio of the first `max_samples` ranked samples is written to
     OUT/audio/ (16 kHz mono FLAC)."""
-    report = _read_json(folder / REPORT_FILE)
+    report = read_json(folder / REPORT_FILE)
     for key in ("decision", "low_quality_percentage", "domain_statistics"):
         if key not in report:
             raise DataError(f"{folder / REPORT_FILE}: no {key!r}; not a report of `caspi audit`")
@@ -171,16 +172,6 @@ def read_audit(folder: Path, out_dir: Path, *, max_samples: int) -> AuditSection
     other = {k: v for k, v in report.items() if k not in _SHOWN_REPORT_KEYS}
     return AuditSection(folder, report, columns, rows, _visibility(report) + summaries, samples, shown, manifest,
                         notes, commands, other)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot be read as JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return data
 
 
 def find_manifest(report: dict, folder: Path, commands: list[dict]) -> tuple[Path | None, str | None]:

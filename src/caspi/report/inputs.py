@@ -11,10 +11,11 @@ and anything else with the list above: a report silently missing a section is wo
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from caspi.errors import ConfigError
+from caspi.errors import ConfigError, DataError
 
 AUDIT, COMPARE, RUN, EVAL = "audit", "compare", "run", "eval"
 MARKERS = {  # the kind, the files that make a folder that kind (any of them), in the order they are tried
@@ -89,3 +90,14 @@ def _listing(folder: Path, limit: int = 8) -> str:
     if not names:
         return "nothing"
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object file of an input folder; a DataError names the file when it is unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read as JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return data

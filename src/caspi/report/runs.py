@@ -26,6 +26,7 @@ import yaml
 from caspi.errors import DataError
 from caspi.models.loading import RUN_FILE
 from caspi.report.commands import read_commands
+from caspi.report.inputs import read_json
 from caspi.train.track import METRICS_FILE
 
 EVENTS_SHOWN_BY_COUNT = {"checkpoint"}  # one per save: counted, not listed
@@ -57,7 +58,7 @@ class RunSection:
 
 def read_run(folder: Path, out_dir: Path, index: int) -> RunSection:
     """The section for one run folder; its curves are drawn to OUT/curves-<index>.png."""
-    meta = _read_json(folder / RUN_FILE) if (folder / RUN_FILE).is_file() else {}
+    meta = read_json(folder / RUN_FILE) if (folder / RUN_FILE).is_file() else {}
     records = read_metrics(folder / METRICS_FILE)
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
@@ -80,16 +81,6 @@ def read_run(folder: Path, out_dir: Path, index: int) -> RunSection:
         section.notes.append(f"{folder / METRICS_FILE}: no training or eval records yet")
     section.facts = _facts(section)
     return section
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot be read as JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return data
 
 
 def read_metrics(path: Path) -> list[dict]:
