@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_audit_quality.py --corpus runs/bench-audit/corpus-2500-seed1 --out runs/bench-audit-asr \
 		audit.scorers.asr.enabled=true audit.scorers.asr.model=runs/bench-learning/seed-0 \
 		audit.scorers.asr.max_new_tokens=64 audit.scorers.asr.batch_size=32
+	$(BIN)/python benchmarks/bench_audit_model.py --seed 0
 	$(BIN)/python benchmarks/bench_audit_real.py
 	$(BIN)/python benchmarks/bench_audit_speed.py --n 2500
 	$(BIN)/python benchmarks/bench_checkpoint.py

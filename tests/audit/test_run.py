@@ -442,7 +442,7 @@ def test_the_loss_scorer_in_the_audit_its_report_and_its_cache(tone_model, tone_
     assert "tones-3" not in {c.id for c in read_manifest(first.cleaned_path)}
     summary = render_summary(report)
     assert "The loss scorer vouches for: tones." in summary and "It cannot see noise:" in summary
-    assert "loss scorer: sees wrong transcripts here: 100% of 8 swapped transcripts" in summary
+    assert "loss scorer: sees: 100% of 8 swapped transcripts would be flagged" in summary
 
     # Cached under the model's content: a re-run measures nothing, the same folder with other weights everything.
     assert audit(tone_manifest, out, config, all_samples=True, progress=False).measured == 0

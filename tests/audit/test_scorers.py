@@ -263,7 +263,7 @@ def test_the_scorer_says_which_domains_it_can_see_and_flags_nothing_where_it_can
     assert not report["unheard"]["sees"] and report["unheard"]["swap_recall"] < 0.1
     assert 0.3 < report["unheard"]["swap_auc"] < 0.7 and report["unheard"]["probes"] == 31
     assert report["heard"]["median_loss"] == pytest.approx(np.median(heard))
-    assert report["unheard"]["summary"].startswith("cannot see wrong transcripts here: ")
+    assert report["unheard"]["summary"].startswith("cannot see: 0% of 31 swapped transcripts would be flagged (AUC 0.")
     assert not any(scorer.flag(samples, measures))  # the 9.0 in `unheard` is far out, but the scorer is blind there
     # Without probes (a batch of one sample each) nothing is vouched for.
     blind = scorer.domain_report(samples, loss_measures(heard + unheard, [float("nan")] * 61))

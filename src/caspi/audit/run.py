@@ -442,7 +442,7 @@ def build_report(samples, scorers, cache, reasons, config, *, manifest: Path, cl
 
     - per domain (stratum), a sample counts as low quality when it has a hard reason (unreadable, no speech,
       empty or Latin transcript: counted as is), and soft-only flags (rate / speech-rate outliers, low coverage,
-      high CER) count net of the false alarms the scorers are expected to raise on its clean samples:
+      high CER, high loss) count net of the false alarms the scorers are expected to raise on its clean samples:
           bad_h = hard_h + max(0, soft_h − f_h · (n_h − hard_h)),   f_h = Σ scorers' `false_alarm_rate`
       (rate at |z| > 3: 0.27 %, held at every domain size by the small-sample threshold of `robust_threshold`;
       a model scorer that cannot see domain h, per its `domain_report`, flags nothing there and adds nothing);

@@ -460,8 +460,9 @@ class LossScorer(_ModelScorer):
                      the same domain in the measured batch, else of any domain; NaN for a batch of one). It is a
                      wrong transcript by construction, whatever that sample's text is now, so it stays valid in
                      the cache when the other sample changes.
-    flag: `loss_outlier` when the robust z of the loss (domain median and MAD, `robust_scores`, the threshold
-    widened for small domains) exceeds `max_z`, in the domains the scorer can see (below).
+    flag: `loss_outlier` when the robust z of the loss exceeds `max_z`, in the domains the scorer can see (below).
+    One-sided, against the domain's median and upper semi-MAD (`robust_scores(tail="upper")`, the threshold widened
+    for small domains): a low loss is no evidence of a wrong transcript, and clean losses are skewed right.
 
     What it can see (`domain_report`), with no ground truth: a model scores the claimed transcript of a clip
     lower than another one only as far as it hears the clip; on audio it never learned (another channel, another
@@ -544,7 +545,7 @@ class LossScorer(_ModelScorer):
                 "swap_median_loss": float(np.median(swaps[probe])) if probe.any() else float("nan"),
             }
             entry["summary"] = (
-                f"{'sees' if sees else 'cannot see'} wrong transcripts here: {recall:.0%} of {entry['probes']} "
+                f"{'sees' if sees else 'cannot see'}: {recall:.0%} of {entry['probes']} "
                 f"swapped transcripts would be flagged (AUC {auc:.2f}); median loss {entry['median_loss']:.2f} "
                 f"nats/token, swapped {entry['swap_median_loss']:.2f}" if probe.any() else
                 "cannot see: no swapped transcript was scored here (each of its samples was measured alone), so "

@@ -18,6 +18,7 @@ from caspi.config.schema import (
     GroupSpec,
     HardwareConfig,
     LoraConfig,
+    LossScorerConfig,
     ModelConfig,
     PhaseConfig,
     Qwen3AlignerConfig,
@@ -34,7 +35,7 @@ from caspi.config.schema import (
 
 __all__ = [
     "AsrScorerConfig", "AuditConfig", "AugmentConfig", "CtcScorerConfig", "DataConfig", "EvalConfig", "GateConfig",
-    "GroupSpec", "HardwareConfig", "LoraConfig", "ModelConfig", "PhaseConfig", "Qwen3AlignerConfig",
+    "GroupSpec", "HardwareConfig", "LoraConfig", "LossScorerConfig", "ModelConfig", "PhaseConfig", "Qwen3AlignerConfig",
     "RateScorerConfig", "Recipe", "ScorersConfig", "SpecAugmentConfig", "TextScorerConfig", "TrackingConfig",
     "TrainConfig", "UnfreezeConfig", "VadScorerConfig", "apply_overrides", "load_recipe", "parse_override",
     "validate_recipe_dict",
