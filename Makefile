@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.caspi-installed
-DEMO   := data/demo
 RUNS   := runs
 # Where pip finds torch. Empty: the default index, which on Linux x86-64 serves the CUDA build (several GB) and on
 # this project's CPU machine resolves to its local CPU wheel. A CPU-only machine elsewhere:
@@ -26,19 +25,13 @@ $(STAMP): pyproject.toml
 	@scripts/ensure-chromium
 	touch $(STAMP)
 
-# The main job: synthesise (8 % planted errors) → import → statistics → Phase 0 audit (exit 3 stops here on STOP)
-# → train a tiny Qwen3-ASR from scratch on CPU on the cleaned manifest, gated by the audit's report (run it again
-# after an interruption and it resumes) → evaluate the untrained base and the trained model per domain and compare
-# them (CSV, JSON, Markdown, PNG in runs/demo-report).
+# The main job (`caspi demo`, src/caspi/demo.py): synthesise Round 1's clean studio data and Round 2's noisy data of
+# four domains (8 % planted errors) → Round 1, a tiny Qwen3-ASR from scratch → Phase 0 on Round 2's data with Round 1
+# as a scorer → Round 2 from Round 1's weights, B→A, on the cleaned data (SIGTERM once, resumed) → eval and compare
+# both rounds → runs/demo/report/report.html and runs/demo/summary.md. About 9 minutes on 2 cores; run it again
+# after an interruption and the finished steps are kept.
 demo: $(STAMP)
-	$(BIN)/caspi synth --out $(DEMO) --n-train 1200 --n-eval 300 --seed 0 --error-rate 0.08
-	$(BIN)/caspi import $(DEMO)/train.jsonl.gz --out $(DEMO)/imported/train.jsonl.gz
-	$(BIN)/caspi stats $(DEMO)/imported/train.jsonl.gz
-	$(BIN)/caspi audit --manifest $(DEMO)/imported/train.jsonl.gz --out $(RUNS)/demo-phase0 --recipe recipes/demo-cpu.yaml
-	$(BIN)/caspi train --recipe recipes/demo-cpu.yaml --out $(RUNS)/demo \
-		data.train_manifest=$(RUNS)/demo-phase0/cleaned.jsonl.gz gate.report=$(RUNS)/demo-phase0/alignment_report.json
-	$(BIN)/caspi compare $(RUNS)/demo/base $(RUNS)/demo --manifest $(DEMO)/eval.jsonl.gz --recipe recipes/demo-cpu.yaml \
-		--names untrained trained --out $(RUNS)/demo-report
+	$(BIN)/caspi demo --out $(RUNS)/demo --seed 0
 
 # A test that needs espeak-ng fails instead of skipping without it (tests/conftest.py); CI also sets CI=true.
 test: $(STAMP)
@@ -58,6 +51,7 @@ bench: $(STAMP)
 		audit.scorers.asr.enabled=true audit.scorers.asr.model=runs/bench-learning/seed-0 \
 		audit.scorers.asr.max_new_tokens=64 audit.scorers.asr.batch_size=32
 	$(BIN)/python benchmarks/bench_audit_model.py --seed 0
+	$(BIN)/python benchmarks/bench_demo.py --seeds 0 1 2
 	$(BIN)/python benchmarks/bench_audit_real.py
 	$(BIN)/python benchmarks/bench_audit_speed.py --n 2500
 	$(BIN)/python benchmarks/bench_checkpoint.py
@@ -65,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_loop_overhead.py --threads 1
 
 clean-demo:
-	rm -rf $(DEMO) $(RUNS)/demo $(RUNS)/demo-phase0 $(RUNS)/demo-report
+	rm -rf $(RUNS)/demo

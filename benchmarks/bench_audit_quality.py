@@ -6,8 +6,8 @@ Targets (issue #3), with the model-free scorers + VAD: recall ≥ 0.95 for silen
 half-cut transcripts and half-cut audio; precision ≥ 0.90. Other-utterance transcripts need the `asr` scorer.
 
     python benchmarks/bench_audit_quality.py --n 1200 --seed 1              # synthesises into runs/bench-audit
-    python benchmarks/bench_audit_quality.py --corpus data/demo              # an existing synthesised corpus
-    python benchmarks/bench_audit_quality.py ... audit.scorers.asr.enabled=true audit.scorers.asr.model=runs/demo
+    python benchmarks/bench_audit_quality.py --corpus runs/demo/data/round2  # an existing synthesised corpus
+    python benchmarks/bench_audit_quality.py ... audit.scorers.asr.enabled=true audit.scorers.asr.model=runs/demo/round1
 """
 
 from __future__ import annotations

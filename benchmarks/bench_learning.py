@@ -9,10 +9,11 @@ near 0.8 (REFERENCE.md), so the absolute figure is what counts.
     python benchmarks/bench_learning.py --seeds 0 --n-train 48 --n-eval 16 train.epochs=1 eval.every_steps=5
                                                            # a smoke run (seconds; the figures mean nothing)
 
-Self-contained: the data is `make demo`'s, made here under DATA (default runs/bench-learning/data) when missing, by
-the same commands: `caspi synth` (seed 0, 8 % planted errors), `caspi import`, and the Phase 0 audit with the
-recipe, whose cleaned manifest is the training set. The run of the first seed (runs/bench-learning/seed-0) is also
-the model of the audit's `asr`-scorer row in RESULTS.md (`make bench` runs that after this).
+Self-contained: the data is the first (single-round) demo's corpus, made here under DATA (default
+runs/bench-learning/data) when missing: `caspi synth` (all four domains, seed 0, 8 % planted errors),
+`caspi import`, and the Phase 0 audit with the recipe, whose cleaned manifest is the training set. The run of
+the first seed (runs/bench-learning/seed-0) is also the model of the audit's `asr`-scorer row in RESULTS.md
+(`make bench` runs that after this).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def untrained_studio_cer(run_dir: Path, recipe) -> float:
 
 
 def demo_data(root: Path, recipe: str, n_train: int, n_eval: int) -> tuple[Path, Path]:
-    """`make demo`'s corpus under `root`, made once: (the audit's cleaned training manifest, the eval manifest)."""
+    """The single-round demo's corpus under `root`, made once: (the audit's cleaned training manifest, the eval
+    manifest)."""
     cleaned, eval_manifest = root / "phase0" / "cleaned.jsonl.gz", root / "corpus" / "eval.jsonl.gz"
     if cleaned.is_file() and eval_manifest.is_file():
         return cleaned, eval_manifest
@@ -80,8 +82,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", default="runs/bench-learning")
     parser.add_argument("--data", default=None, help="where the demo corpus is made (default: OUT/data)")
-    parser.add_argument("--n-train", type=int, default=1200, help="training clips synthesised (make demo: 1200)")
-    parser.add_argument("--n-eval", type=int, default=300, help="eval clips synthesised (make demo: 300)")
+    parser.add_argument("--n-train", type=int, default=1200, help="training clips synthesised (first demo: 1200)")
+    parser.add_argument("--n-eval", type=int, default=300, help="eval clips synthesised (first demo: 300)")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.epochs=20")
     args = parser.parse_args()
 

@@ -175,3 +175,28 @@ def test_model_language_is_checked_by_the_family():
     assert load_recipe(qwen, ["model.language=Yiddish"]).model.language == "Yiddish"  # a new tag is allowed
     with pytest.raises(ConfigError, match="model.language: .* cannot be a Qwen3-ASR language tag"):
         load_recipe(qwen, ["model.language=He<asr_text>"])
+
+
+def test_round1_weights_are_named_apart_from_the_architecture():
+    qwen = RECIPES[0].parent / "round2-2xa100.yaml"
+    r = load_recipe(qwen, ["model.init_from=runs/round1", "model.init_revision=null"])
+    assert (r.model.init_from, r.model.name_or_path) == ("runs/round1", "Qwen/Qwen3-ASR-1.7B-hf")
+    assert load_recipe(qwen).model.init_from == "round1/final"  # the shipped Round 2 names a Round 1
+    assert load_recipe(qwen, ["model.init_from=null"]).model.init_from is None  # None: start from name_or_path
+    # Part of the fingerprint: a resume with another Round 1 is "another recipe".
+    assert r.fingerprint() != load_recipe(qwen, ["model.init_from=runs/other"]).fingerprint()
+    hub = load_recipe(qwen, ["model.init_from=OzLabs/Qwen3-ASR-Hebrew-1.7B", "model.init_revision=v1"])
+    assert hub.model.init_revision == "v1"
+
+
+def test_init_revision_without_init_from_is_reported_with_the_other_problems():
+    qwen = RECIPES[0].parent / "round2-2xa100.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_recipe(qwen, ["model.init_revision=v1", "train.micro_batch=3", "model.init_from=null"])
+    problems = err.value.problems
+    assert len(problems) == 2, problems
+    assert any(p.startswith("model.init_revision: 'v1' is the hub revision of model.init_from, which is not set")
+               for p in problems), problems
+    assert any(p.startswith("train.effective_batch") for p in problems), problems
+    with pytest.raises(ConfigError, match="model.init_from"):
+        load_recipe(qwen, ["model.init_from="])  # empty: neither a folder nor a hub id

@@ -34,8 +34,9 @@ LAYERS = {
     "caspi.train": 5,
     "caspi.report": 6,  # reads what audit, eval and train write
     "caspi.testing": 7,
-    "caspi.cli": 8,
-    "caspi.__main__": 9,  # `python -m caspi`: runs the CLI
+    "caspi.demo": 8,  # the Round-2 workflow: runs the commands the CLI passes it
+    "caspi.cli": 9,
+    "caspi.__main__": 10,  # `python -m caspi`: runs the CLI
 }
 LAZY_IMPORTS_ALLOWED = {"caspi.cli"}  # its commands import on use, so `caspi --help` stays fast
 

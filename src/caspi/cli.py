@@ -61,6 +61,9 @@ def cmd_validate_recipe(args) -> int:
         print(f"{path}: OK  ({recipe.name})")
         model = f"tiny-{recipe.model.tiny}" if recipe.model.tiny else recipe.model.name_or_path
         print(f"  model        {recipe.model.family}  {model}")
+        if recipe.model.init_from:
+            rev = f" @ {recipe.model.init_revision}" if recipe.model.init_revision else ""
+            print(f"  init from    {recipe.model.init_from}{rev}  (the Round-1 weights; {model} is the architecture)")
         print(f"  hardware     {hw.world_size} × {hw.accelerator}{' ' + hw.gpu_type if hw.gpu_type else ''}")
         print(f"  batch        micro {t.micro_batch} × world {hw.world_size} × accumulation "
               f"{recipe.grad_accumulation} = effective {t.effective_batch}")
@@ -75,7 +78,7 @@ def cmd_synth(args) -> int:
 
     summary = synthesize(
         args.out, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed, error_rate=args.error_rate,
-        workers=args.workers, progress=not args.quiet,
+        workers=args.workers, progress=not args.quiet, domains=tuple(args.domains.split(",")),
     )
     print(f"synthesised {summary.n_train} train clips ({summary.train_seconds / 60:.1f} min, "
           f"{summary.n_planted} with planted errors) and {summary.n_eval} eval clips "
@@ -216,7 +219,18 @@ def cmd_report(args) -> int:
     print(f"report: {len(result.audits)} audit(s) ({flagged} flagged samples, {len(result.audio_files)} clips), "
           f"{len(result.compares)} comparison(s), {len(result.runs)} run(s)")
     print(f"  page   {result.page}  (open it in a browser; the folder is self-contained)")
+    if args.screenshot:
+        from caspi.report.screenshot import screenshot
+
+        print(f"  screenshot {screenshot(result.page, args.screenshot)}")
     return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from caspi.demo import run_demo
+
+    result = run_demo(args.out, run=main, seed=args.seed, size=args.size, recipes=args.recipes)
+    return EXIT_STOP if result.decision == "STOP" else EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------------- parser
@@ -226,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="caspi", description="Fine-tune speech-LLM ASR models for Hebrew.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("demo", help="the Round-2 workflow on CPU: synth → Round 1 → Phase 0 with it → Round 2 from "
+                                     "it (preempted and resumed) → eval, compare → report.html (about 9 min)")
+    p.add_argument("--out", default="runs/demo", help="output folder: new, empty, or an earlier demo of the same "
+                                                      "seed and size (its finished steps are kept)")
+    p.add_argument("--seed", type=int, default=0, help="synthesis and training seed")
+    p.add_argument("--size", choices=("full", "quick"), default="full",
+                   help="full: the main job; quick: the same steps on a few clips (a check of the workflow)")
+    p.add_argument("--recipes", help="folder with demo-cpu.yaml and demo-round2.yaml (default: ./recipes, else the "
+                                     "repository's)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("validate-recipe", help="check recipe files; report every problem at once")
     p.add_argument("items", nargs="+", metavar="RECIPE|KEY=VALUE",
@@ -238,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-eval", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--error-rate", type=float, default=0.0, help="share of training samples given planted errors")
+    p.add_argument("--domains", default="studio,broadcast,whatsapp,d1",
+                   help="comma-separated domains, in equal shares (default: all four)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
@@ -337,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: new, empty, or an earlier report (replaced)")
     p.add_argument("--max-samples", type=int, default=100,
                    help="flagged samples listed with their audio, per audit (the rest in a table)")
+    p.add_argument("--screenshot", metavar="PNG",
+                   help="also save the page's top as a small PNG (e.g. docs/report.png; needs chromium + playwright)")
     p.set_defaults(func=cmd_report)
     return parser
 

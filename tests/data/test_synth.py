@@ -240,6 +240,10 @@ def test_lexicon_is_unvocalised_hebrew():
         {"workers": 0},
         {"min_words": 0},
         {"min_words": 5, "max_words": 4},
+        {"domains": ("studio", "radio")},
+        {"domains": ()},
+        {"domains": ("studio", "studio")},
+        {"domains": "studio"},
     ],
 )
 def test_invalid_arguments(tmp_path, kwargs):
@@ -261,6 +265,19 @@ def test_missing_espeak_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setattr(synth.shutil, "which", lambda name: None)
     with pytest.raises(DependencyError, match="apt-get install espeak-ng"):
         synth.synthesize(tmp_path, 4, 4, progress=False)
+
+
+@pytest.mark.espeak
+def test_a_subset_of_domains_in_equal_shares(tmp_path):
+    """Round 1 of the demo is studio only; `domains` cycles over the names given, and sample i keeps the sentence
+    the same seed gives it with all four domains."""
+    studio = synth.synthesize(tmp_path / "studio", 3, 0, seed=4, domains=("studio",), progress=False)
+    two = synth.synthesize(tmp_path / "two", 4, 0, seed=4, domains=("whatsapp", "studio"), progress=False)
+    assert [cut_domain(c) for c in read_manifest(studio.train_manifest)] == ["studio"] * 3
+    cuts = sorted(read_manifest(two.train_manifest), key=lambda c: c.id[-6:])  # by index
+    assert [c.id for c in cuts] == ["train-whatsapp-000000", "train-studio-000001", "train-whatsapp-000002",
+                                    "train-studio-000003"]
+    assert cut_text(cuts[1]) == synth._plan_clip(4, "train", 1, synth.MIN_WORDS, synth.MAX_WORDS).text
 
 
 @pytest.mark.espeak

@@ -21,24 +21,18 @@ from caspi.cli import main
 from caspi.config import load_recipe
 from caspi.data.cuts import cut_text, read_manifest, write_manifest
 from caspi.report.commands import COMMANDS_FILE
+from caspi.report.screenshot import CHROMIUM, missing_browser
 from caspi.train.track import Tracker
 
 REPO = Path(__file__).resolve().parents[2]
 INJECTED = '<script>alert("x")</script> <b>hello</b> & "world"'  # a transcript that must reach the page as text
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (scripts/ensure-chromium installs it)
 
 
 @pytest.fixture(scope="session")
 def chromium() -> Path:
     """Debian's Chromium, for Playwright's `executable_path`. Skips without it or without Playwright; under CI
-    (CI=true) fails instead: the browser test must run there (.ci/run installs it with scripts/ensure-chromium)."""
-    problems = []
-    if not CHROMIUM.is_file():
-        problems.append(f"{CHROMIUM} is missing (run scripts/ensure-chromium, or apt-get install chromium)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        problems.append("the playwright package is missing (pip install -e '.[dev]')")
+    (CI=true) fails instead: the browser tests must run there (.ci/run installs it with scripts/ensure-chromium)."""
+    problems = missing_browser()
     if problems:
         if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
             pytest.fail("; ".join(problems) + "; required under CI=true", pytrace=False)

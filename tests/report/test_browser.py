@@ -1,25 +1,17 @@
 """report.html in a real browser: Debian's Chromium, headless, driven by Playwright (its own browser download is
-never used: `executable_path` points at /usr/bin/chromium). The page opens from disk as a person opens it, with no
-console error, every audio clip loads its metadata (a duration matching the clip's), every image decodes, the
-sections are there, Hebrew transcripts lay out right to left, and nothing is requested beyond the report folder.
+never used: `caspi.report.screenshot.launch` points `executable_path` at /usr/bin/chromium). The page opens from disk
+as a person opens it, with no console error, every audio clip loads its metadata (a duration matching the clip's),
+every image decodes, the sections are there, Hebrew transcripts lay out right to left, and nothing is requested
+beyond the report folder. A full-page screenshot lands in the test's tmp folder.
 
-A full-page screenshot lands in the test's tmp folder; with CASPI_REPORT_SCREENSHOT=PATH the top of the page is
-also saved there, as a palette PNG (how docs/report.png is made:
-`CASPI_REPORT_SCREENSHOT=docs/report.png .venv/bin/python -m pytest tests/report/test_browser.py`).
-Without Chromium this test skips, and under CI it fails (the `chromium` fixture)."""
+docs/report.png is made not here but by the product, from the demo's report: `caspi report ... --screenshot PNG`
+(tests/report/test_screenshot.py). Without Chromium this test skips, and under CI it fails (the `chromium` fixture)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from caspi.data.cuts import read_manifest
 from caspi.report.build import build_report
-
-# What the machine's closed network needs (env notes): no background requests, no component or sync updates.
-# Playwright gives every launch a fresh, temporary user-data-dir of its own.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
+from caspi.report.screenshot import launch, wait_for_audio
 
 AUDIO_STATE = """() => Array.from(document.querySelectorAll('audio')).map(a => ({
     src: a.getAttribute('src'), ready: a.readyState, duration: a.duration, error: a.error && a.error.code}))"""
@@ -28,8 +20,6 @@ IMAGES = """() => Array.from(document.images).map(i => ({src: i.getAttribute('sr
 
 
 def test_the_report_opens_in_chromium_with_working_audio(project, chromium, tmp_path, injected):
-    from playwright.sync_api import sync_playwright
-
     out = tmp_path / "report"
     result = build_report([project / "phase0", project / "r1-vs-r2", project / "round2"], out, max_samples=10)
     audit = result.audits[0]
@@ -37,30 +27,20 @@ def test_the_report_opens_in_chromium_with_working_audio(project, chromium, tmp_
     assert len(with_audio) >= 3
     durations = {c.id: c.duration for c in read_manifest(project / "data" / "train.jsonl.gz")}
     errors, requests = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1500})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(result.page.resolve().as_uri(), wait_until="load")
-            # Every clip's metadata read (readyState ≥ HAVE_METADATA) or failed; then look at which.
-            page.wait_for_function("() => Array.from(document.querySelectorAll('audio'))"
-                                   ".every(a => a.readyState >= 1 || a.error)", timeout=20_000)
-            audio = page.evaluate(AUDIO_STATE)
-            images = page.evaluate(IMAGES)
-            sections = page.eval_on_selector_all("section", "els => els.map(e => e.id)")
-            directions = page.eval_on_selector_all(
-                "p.transcript", "els => els.map(e => [e.textContent, getComputedStyle(e).direction])")
-            headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-            keep = os.environ.get("CASPI_REPORT_SCREENSHOT")
-            if keep:
-                page.screenshot(path=str(tmp_path / "top.png"), clip={"x": 0, "y": 0, "width": 1200, "height": 1500})
-                _save_small(tmp_path / "top.png", Path(keep))
-        finally:
-            browser.close()
+    with launch(chromium) as browser:
+        page = browser.new_page(viewport={"width": 1200, "height": 1500})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(result.page.resolve().as_uri(), wait_until="load")
+        wait_for_audio(page)  # every clip's metadata read or failed; then look at which
+        audio = page.evaluate(AUDIO_STATE)
+        images = page.evaluate(IMAGES)
+        sections = page.eval_on_selector_all("section", "els => els.map(e => e.id)")
+        directions = page.eval_on_selector_all(
+            "p.transcript", "els => els.map(e => [e.textContent, getComputedStyle(e).direction])")
+        headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
 
     assert errors == []
     assert [a["src"] for a in audio] == [s.audio for s in with_audio]
@@ -77,10 +57,3 @@ def test_the_report_opens_in_chromium_with_working_audio(project, chromium, tmp_
     assert requests and all(url.startswith(report_dir + "/") for url in requests), requests
     assert (tmp_path / "report.png").stat().st_size > 50_000  # a page was drawn, not a blank sheet
 
-
-def _save_small(png: Path, target: Path) -> None:
-    """The screenshot as a 64-colour palette PNG (text and flat plots survive; a README image stays small)."""
-    from PIL import Image
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    Image.open(png).convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)

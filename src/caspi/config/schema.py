@@ -30,6 +30,12 @@ class ModelConfig(_Section):
     name_or_path: str = "Qwen/Qwen3-ASR-1.7B-hf"  # hub id or local folder
     revision: str | None = None  # hub branch/tag/commit; resolved to a commit sha that run.json pins
     tiny: Literal["xs", "s"] | None = None  # build a tiny random model of the real architecture instead
+    # The Round-1 model whose weights the run starts from: a Caspi run or checkpoint folder, an exported or other
+    # from_pretrained folder (native, the original qwen-asr layout, an HF Trainer checkpoint-N/: converted), or a
+    # hub id. Local weights are copied into RUN/base at the first start, so the run never needs the folder again.
+    # None: start from name_or_path (or the tiny random model), which stay the architecture's base either way.
+    init_from: str | None = Field(None, min_length=1)
+    init_revision: str | None = Field(None, min_length=1)  # hub branch/tag/commit of a hub id init_from
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # weights dtype; features are cast to it
     # Qwen3-ASR: the tag in the assistant prefill `language Hebrew<asr_text>`; Whisper: a name or code from its
     # list ("Hebrew" or "he"), which picks the language token. Used in training and the in-training eval.
@@ -398,6 +404,10 @@ def cross_checks(recipe: Recipe) -> list[str]:
                             f"{', '.join(given)}")
     if hw.accelerator == "cpu" and t.precision == "fp16":
         problems.append("train.precision: fp16 autocast needs CUDA; use fp32 or bf16 with hardware.accelerator=cpu")
+    if recipe.model.init_revision is not None and recipe.model.init_from is None:
+        problems.append(f"model.init_revision: {recipe.model.init_revision!r} is the hub revision of "
+                        "model.init_from, which is not set; set model.init_from to the Round-1 hub id, or drop "
+                        "model.init_revision (model.revision is the architecture base's)")
     if recipe.model.tiny is None and recipe.model.family == "whisper" and "Qwen" in recipe.model.name_or_path:
         problems.append(f"model.name_or_path: {recipe.model.name_or_path!r} is a Qwen3-ASR model but "
                         "model.family is whisper")

@@ -10,7 +10,9 @@
 Sentences are drawn from the word lists and templates in `lexicon/` (unvocalised Hebrew: espeak-ng reads niqqud
 out as diacritic names and drops digits), 3-8 words with commas and a final period or question mark.
 
-Domains (named after the seed eval sets) take equal shares of each split: sample i has domain DOMAINS[i % 4].
+Domains (named after the seed eval sets) take equal shares of each split: sample i has domain domains[i % len(domains)],
+all four unless `domains` names fewer (Round 1 of the demo: studio only). The same seed gives the same sentence and
+voice to sample i whatever the domains, so two corpora meant to differ (Round 1's and Round 2's) take two seeds.
     studio     plain `he` voice, clean
     broadcast  plain `he` voice + pink noise and a synthetic chord "music bed", 8-18 dB SNR
     whatsapp   plain `he` voice through an 8 kHz narrowband channel: noise, overdriven clipping and mu-law
@@ -249,9 +251,10 @@ def sentences(n: int, seed: int = 0, min_words: int = MIN_WORDS, max_words: int 
 # Planning: which sentence, voice and error each sample gets (cheap, main process)
 
 
-def _plan_clip(seed: int, split: str, index: int, min_words: int, max_words: int) -> _Clip:
+def _plan_clip(seed: int, split: str, index: int, min_words: int, max_words: int,
+               domains: tuple[str, ...] = DOMAINS) -> _Clip:
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    domain = DOMAINS[index % len(DOMAINS)]
+    domain = domains[index % len(domains)]
     text = _sentence(rng, min_words, max_words)
     voices, (speed_lo, speed_hi), (pitch_lo, pitch_hi) = VOICES[domain]
     return _Clip(
@@ -481,8 +484,11 @@ def _render(clip: _Clip, seed: int, binary: str, audio_dir: Path) -> tuple[int, 
 
 
 
-def _validate(out_dir, n_train, n_eval, seed, error_rate, workers, min_words, max_words) -> None:
+def _validate(out_dir, n_train, n_eval, seed, error_rate, workers, min_words, max_words, domains) -> None:
     problems: list[str] = []
+    unknown = [d for d in domains if d not in DOMAINS] if isinstance(domains, (list, tuple)) else None
+    if unknown is None or unknown or not domains or len(set(domains)) != len(domains):
+        problems.append(f"domains must be distinct names from {', '.join(DOMAINS)}, got {domains!r}")
     for name, n in (("n_train", n_train), ("n_eval", n_eval)):
         if not is_int(n) or not 0 <= n < MAX_CLIPS:
             problems.append(f"{name} must be an integer in [0, {MAX_CLIPS - 1}], got {n!r}")
@@ -511,22 +517,25 @@ def synthesize(
     progress: bool = True,
     min_words: int = MIN_WORDS,
     max_words: int = MAX_WORDS,
+    domains: tuple[str, ...] = DOMAINS,
 ) -> SynthSummary:
     """Write the synthetic Hebrew corpus (module docstring) to `out_dir` and return what was written.
 
-    `n_train`/`n_eval` clips per split, domains in equal shares; `error_rate` of the training clips (exactly
+    `n_train`/`n_eval` clips per split, `domains` (a subset of DOMAINS, e.g. Round 1's studio only) in equal shares:
+    sample i has domain domains[i % len(domains)]; `error_rate` of the training clips (exactly
     round(error_rate * n_train)) get a planted error listed in planted_errors.jsonl. `workers` threads each run
     one espeak-ng process at a time. Files of the same name are overwritten; other files in `out_dir` are left.
     Raises ConfigError for invalid arguments and DependencyError when espeak-ng (or its Hebrew voice) is missing.
     """
-    _validate(out_dir, n_train, n_eval, seed, error_rate, workers, min_words, max_words)
+    _validate(out_dir, n_train, n_eval, seed, error_rate, workers, min_words, max_words, domains)
+    domains = tuple(domains)
     binary = _require_espeak()
     out_dir = Path(out_dir).resolve()  # absolute audio paths: Lhotse resolves relative ones against the cwd
     audio_dir = out_dir / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
 
-    train = [_plan_clip(seed, "train", i, min_words, max_words) for i in range(n_train)]
-    evals = [_plan_clip(seed, "eval", i, min_words, max_words) for i in range(n_eval)]
+    train = [_plan_clip(seed, "train", i, min_words, max_words, domains) for i in range(n_train)]
+    evals = [_plan_clip(seed, "eval", i, min_words, max_words, domains) for i in range(n_eval)]
     records: dict[int, dict] = {}
     clean_train = list(train)
     for index, kind in planted_kinds(seed, n_train, error_rate).items():

@@ -5,6 +5,7 @@
 
 Modules: `commands` (the command lines each folder's CLI runs recorded: light, the CLI imports it on every run),
 `inputs` (which folder is what), `audit` (the Phase 0 section: flagged samples ranked, their evidence and audio),
-`runs` (training curves), `page` (the HTML template), `build` (the whole report). This file imports nothing, so
+`runs` (training curves), `page` (the HTML template), `build` (the whole report), `screenshot` (a PNG of the page
+in headless Chromium, `caspi report --screenshot`). This file imports nothing, so
 that `caspi.report.commands` stays cheap to import.
 """

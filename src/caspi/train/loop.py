@@ -11,10 +11,12 @@ group; no-ops in a world of one), `caspi.train.checkpoint` (atomic writes), `cas
 trains: pinned base, LoRA, trained tensors).
 
 Run folder:
-    run.json            recipe fingerprint, the pinned base model (hub commit sha or folder content hash),
-                        manifests' sha256, gate decision, world size (checked on resume)
+    run.json            recipe fingerprint, the pinned base model (hub commit sha or folder content hash), the
+                        Round-1 model it started from (`model.init_from`) and the architecture, manifests' sha256,
+                        gate decision, world size (checked on resume)
     recipe.yaml         the resolved recipe
-    base/               tiny models only: the randomly initialised base model and processor (export rebuilds from it)
+    base/               the base model and processor every load grafts the trained tensors onto: a tiny model's random
+                        weights, or a local `model.init_from`'s copy (so the run never needs that folder again)
     checkpoints/        step-NNNNNN/ (see caspi.train.checkpoint), `latest`, keep-last-N plus best-by-WER
     metrics.jsonl       one JSON object per logged step, eval and event
     tensorboard/        when tracking.tensorboard
@@ -550,7 +552,8 @@ class TrainingRun:
         if not self.world.is_main:
             return
         r, n = self.recipe, self.world.size
-        model = f"tiny-{r.model.tiny}" if r.model.tiny else r.model.name_or_path
+        model = (f"tiny-{r.model.tiny}" if r.model.tiny else r.model.name_or_path) + (
+            f", weights from {r.model.init_from}" if r.model.init_from else "")
         print(f"caspi train: {r.name} → {self.run_dir}\n"
               f"  model    {r.model.family} {model} on {self.device} ({self.model_dtype}, autocast "
               f"{self.autocast_dtype})\n"

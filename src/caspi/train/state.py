@@ -16,16 +16,26 @@ state_dict; in rank-<r>.pt, this process's RNGs and sampler position and, when s
 a step, its partial gradients and step loss.
 
 run.json is written once, at the first start, by rank 0: the recipe and its fingerprint, the pinned base
-(`caspi.models.loading.pin_base`; tiny models are built here, once, into RUN/base), the manifests' sha256, the gate
-decision, versions. Every later start checks the recipe and the manifests against it; one that restores a
-checkpoint appends {"step", "checkpoint", "at"} to its `resumes` list.
+(`caspi.models.loading.pin_base`; tiny models are built here, once, into RUN/base, and so is a local Round-1 model
+named by `model.init_from`), where the starting weights came from (`init_from`), the architecture's base
+(`architecture`), the manifests' sha256, the gate decision, versions. Every later start checks the recipe and the
+manifests against it; one that restores a checkpoint appends {"step", "checkpoint", "at"} to its `resumes` list.
+
+`base` is always what every later load grafts the trained tensors onto (`load_pinned`), so resume, eval, export
+and the audit's scorers read it alone; `init_from` and `architecture` are provenance, for people and reports:
+
+    "base": {"kind": "folder", "name_or_path": "base", "in_run": true, "sha256": "…"},   # RUN/base: Round 1's copy
+    "init_from": {"spec": "runs/round1", "kind": "caspi_run", "run": "/abs/runs/round1",
+                  "checkpoint": "step-000120", "step": 120, "weights_sha256": "…", "base": {…round 1's base pin…}},
+    "architecture": {"family": "qwen3_asr", "tiny": "xs"}   # or name_or_path, requested_revision, revision
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +48,23 @@ from caspi import __version__
 from caspi.config import PhaseConfig, Recipe
 from caspi.data.cuts import cut_text, file_sha256
 from caspi.data.sampling import restore_sampler, sampler_state
-from caspi.errors import CheckpointError
-from caspi.models.families import ModelFamily
-from caspi.models.loading import AUX_PREFIX, RUN_FILE, pin_base
+from caspi.errors import CheckpointError, ConfigError
+from caspi.models.convert import detect_layout, folder_sha256, read_config
+from caspi.models.families import ModelFamily, family_names, from_pretrained_or_raise, get_family, is_local_path
+from caspi.models.loading import (
+    AUX_PREFIX,
+    RUN_FILE,
+    WEIGHTS_FILE,
+    cached_hub_revision,
+    is_complete,
+    is_commit_sha,
+    load_model,
+    pin_base,
+    read_run,
+    read_state,
+    resolve_hub_revision,
+    resolve_run,
+)
 from caspi.train import checkpoint as ckpt
 from caspi.train import distributed
 from caspi.train.distributed import World
@@ -217,10 +241,12 @@ def check_run_json(run_dir: Path, recipe: Recipe, *, world: World, resume: ckpt.
     if world.is_main:
         import transformers
 
+        base, init_from = pin_run_base(run_dir, recipe, family, train_cuts)
         meta = {
             "fingerprint": fingerprint, "recipe_name": recipe.name, "overrides": overrides,
             "recipe": recipe.to_dict(), "world_size": world.size, "gate": gate.to_dict() if gate else None,
-            "base": pin_run_base(run_dir, recipe, family, train_cuts), "manifests": manifests,
+            "base": base, "init_from": init_from, "architecture": architecture_record(recipe, base),
+            "manifests": manifests,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "caspi": __version__, "torch": torch.__version__,
             "transformers": transformers.__version__,
         }
@@ -282,13 +308,24 @@ def _check_manifests(record: RunRecord, meta: dict, meta_path: Path, *, world: W
     distributed.barrier(world)
 
 
-def pin_run_base(run_dir: Path, recipe: Recipe, family: ModelFamily, train_cuts: CutSet) -> dict[str, Any]:
-    """The base this run trains on, as run.json records it (`caspi.models.loading.pin_base`). Tiny: build the
-    random model once and save it under RUN/base (a resume and `caspi export` load the same files), pinned by
-    its content hash. Otherwise the hub id's commit sha or the local folder's content hash. Rank 0 only."""
+def pin_run_base(run_dir: Path, recipe: Recipe, family: ModelFamily, train_cuts: CutSet
+                 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(base, init_from) of this run as run.json records them. Rank 0, first start only.
+
+    `base` is what every later load grafts the trained tensors onto (`caspi.models.loading.pin_base`):
+    - `model.init_from` a local folder (a Caspi run or checkpoint, any from_pretrained folder in any layout): that
+      model, loaded as `load_model` loads it (LoRA merged, original layout converted) in `model.dtype`, saved with
+      its processor into RUN/base and pinned there by content hash, so resume, eval and export never need the
+      Round-1 folder again; `model.init_from` a hub id: that id at the commit `model.init_revision` resolves to;
+    - else tiny: the random model built once into RUN/base; else `model.name_or_path` (hub commit or folder hash).
+    `init_from` is the provenance of the starting weights (`init_from_record`), None without `model.init_from`.
+    With `model.init_from` no tiny model is built: the Round-1 model brings its own tokenizer, which a tokenizer
+    made from this run's texts would not match."""
     m = recipe.model
+    if m.init_from is not None:
+        return _pin_init_from(run_dir, recipe, family)
     if not m.tiny:
-        return pin_base(m.name_or_path, m.revision)
+        return pin_base(m.name_or_path, m.revision), None
     base_dir = run_dir / "base"
     if not (base_dir / "config.json").is_file():
         texts = sorted({cut_text(c) for c in train_cuts})
@@ -296,11 +333,124 @@ def pin_run_base(run_dir: Path, recipe: Recipe, family: ModelFamily, train_cuts:
         # (REFERENCE.md, "Default init starves the decoder of audio"). Whisper's init needs no fix.
         options = {"audio_init": "he"} if family.name == "qwen3_asr" else {}
         model, processor = family.tiny(texts, seed=recipe.train.seed, size=m.tiny, language=m.language, **options)
-        tmp = run_dir / ".tmp-base"
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        os.replace(tmp, base_dir)
-    return {**pin_base("base", in_run=True, folder=base_dir), "tiny": m.tiny}
+        _save_in_run(model, processor, base_dir)
+    return {**pin_base("base", in_run=True, folder=base_dir), "tiny": m.tiny}, None
+
+
+def _pin_init_from(run_dir: Path, recipe: Recipe, family: ModelFamily) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(base, init_from) for `model.init_from` (`pin_run_base`). Everything that can be refused without loading
+    weights is checked first: the path exists and is a model, its family is the recipe's."""
+    m = recipe.model
+    spec = m.init_from
+    if not is_local_path(spec):
+        try:
+            base = pin_base(spec, m.init_revision)
+        except CheckpointError as exc:
+            raise CheckpointError(f"model.init_from: {spec!r} is no local folder, and as a hub id: {exc}; expected "
+                                  f"{_INIT_FROM_KINDS}") from None
+        _check_init_family(_hub_family(spec, base["revision"]), family, spec)
+        return base, {"spec": spec, "kind": "hub", "revision": base["revision"]}
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"model.init_from: {spec!r} does not exist; expected {_INIT_FROM_KINDS}")
+    if m.init_revision is not None:
+        raise ConfigError(f"model.init_revision: {m.init_revision!r} is a hub revision, but model.init_from "
+                          f"{spec!r} is a local folder; drop model.init_revision")
+    record = init_from_record(path, spec)
+    _check_init_family(record.pop("family"), family, spec)
+    # A trainer checkpoint of a run started from a hub id lacks the processor files (Qwen3-ASR issues #47, #104):
+    # the recipe's architecture base is the model that run started from, so its processor is the one to take.
+    processor_from = m.name_or_path if record.get("layout") == "trainer-checkpoint" and not m.tiny else None
+    model, processor, loaded = load_model(path, dtype=getattr(torch, m.dtype), processor_from=processor_from)
+    _check_init_family(loaded.name, family, spec)
+    base_dir = run_dir / "base"
+    _save_in_run(model, processor, base_dir)
+    print(f"caspi: model.init_from {spec}: Round-1 weights copied into {base_dir} ({m.dtype})", file=sys.stderr)
+    return pin_base("base", in_run=True, folder=base_dir), record
+
+
+_INIT_FROM_KINDS = ("a Caspi run or checkpoint folder, an exported or other from_pretrained model folder (native, "
+                    "the original qwen-asr layout or an HF Trainer checkpoint-N/), or a hub id")
+
+
+def init_from_record(path: Path, spec: str) -> dict[str, Any]:
+    """The provenance of a local `model.init_from`, plus its model family under "family" (for the caller to check
+    and drop). A Caspi run or checkpoint: {"spec", "kind": "caspi_run", "run", "checkpoint", "step",
+    "weights_sha256" (of its trainable.safetensors), "base" (that run's own pin)}; any other model folder: {"spec",
+    "kind": "folder", "path", "layout" (`detect_layout`), "sha256" (`folder_sha256` of the folder as read)}.
+    CheckpointError naming the path when it is neither."""
+    if (path / RUN_FILE).is_file() or is_complete(path):
+        run_dir, folder = resolve_run(path)
+        meta, r1 = read_run(run_dir)
+        state = read_state(folder)
+        return {"spec": spec, "kind": "caspi_run", "run": str(run_dir.resolve()), "checkpoint": folder.name,
+                "step": state.get("step"), "weights_sha256": file_sha256(folder / WEIGHTS_FILE),
+                "base": meta.get("base"), "family": r1.model.family}
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise CheckpointError(f"model.init_from: {spec!r} is not a model folder (no config.json, no run.json); "
+                              f"expected {_INIT_FROM_KINDS}")
+    config = read_config(path)
+    # The original layout nests everything under thinker_config; its top-level model_type may be anything.
+    model_type = "qwen3_asr" if "thinker_config" in config else config.get("model_type")
+    found = next((n for n in family_names() if model_type in get_family(n).model_types), model_type)
+    return {"spec": spec, "kind": "folder", "path": str(path.resolve()), "layout": detect_layout(path),
+            "sha256": folder_sha256(path), "family": found}
+
+
+def _hub_family(repo_id: str, revision: str) -> str | None:
+    """The family name of a hub model's config.json at `revision` (its model_type when no family handles it)."""
+    from transformers import AutoConfig
+
+    config = from_pretrained_or_raise(AutoConfig.from_pretrained, "model.init_from", repo_id, revision)
+    return next((n for n in family_names() if config.model_type in get_family(n).model_types), config.model_type)
+
+
+def _check_init_family(found: str | None, family: ModelFamily, spec: str) -> None:
+    if found != family.name:
+        raise ConfigError(f"model.init_from: {spec!r} is a {found or 'unknown'} model, but model.family is "
+                          f"{family.name}; Round 2 continues the Round-1 model's family: set model.family to "
+                          f"{found}, or name a {family.name} model")
+
+
+def _save_in_run(model, processor, folder: Path) -> None:
+    """Save a model and its processor as `folder` (RUN/base) in one rename: a crash leaves the old folder or the
+    new one, never half of one. Leftovers of a killed first start are discarded (run.json is not written yet, so
+    nothing refers to them)."""
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    for leftover in (tmp, folder.with_name(f".tmp-old-{folder.name}")):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    ckpt.fsync_tree(tmp)
+    ckpt.replace_folder(tmp, folder)
+
+
+def architecture_record(recipe: Recipe, base: dict[str, Any]) -> dict[str, Any]:
+    """What run.json records as the architecture's base (`model.tiny` or `model.name_or_path`), beside `base`.
+    Without `model.init_from` it is the base itself, so its pin is copied. With it, a hub id is resolved when
+    the hub cache or the hub can say (else "revision" is None: the weights come from init_from, so an
+    unresolvable architecture base never stops a run); a local folder is recorded by absolute path only."""
+    m = recipe.model
+    if m.tiny:
+        return {"family": m.family, "tiny": m.tiny}
+    record = {"family": m.family, "name_or_path": m.name_or_path, "requested_revision": m.revision, "revision": None}
+    if m.init_from is None and base["kind"] == "hub":
+        record["revision"] = base["revision"]
+    elif m.init_from is None:  # a local folder: pinned by content, not by revision
+        record.update(name_or_path=base["name_or_path"], sha256=base["sha256"])
+    elif is_local_path(m.name_or_path):
+        record["name_or_path"] = str(Path(m.name_or_path).expanduser().resolve())
+    elif is_commit_sha(m.revision):
+        record["revision"] = m.revision
+    else:
+        record["revision"] = cached_hub_revision(m.name_or_path, m.revision)
+        if record["revision"] is None:
+            try:
+                record["revision"] = resolve_hub_revision(m.name_or_path, m.revision)
+            except CheckpointError:
+                pass
+    return record
 
 
 def diff_keys(a, b, prefix: str = "") -> set[str]:
