@@ -3,6 +3,7 @@ middle of a gradient accumulation, phase switch, checkpoints, NaN/OOM handling, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import signal
@@ -119,6 +120,30 @@ def test_resume_refuses_another_recipe(make_recipe, tmp_path, capsys):
     assert train_cli(recipe, tmp_path / "run", "train.max_steps=2", "train.micro_batch=2") == 1
     err = capsys.readouterr().err
     assert "another recipe" in err and "train.micro_batch" in err
+
+
+def test_a_run_from_a_caspi_without_newer_recipe_fields_resumes(make_recipe, tmp_path, capsys):
+    """A newer Caspi adds recipe fields (model.init_from did); a run started before them must still resume, as long
+    as they hold their defaults. Set by the user, they make another recipe."""
+    recipe, run = make_recipe(), tmp_path / "run"
+    assert train_cli(recipe, run, "train.max_steps=2") == 0
+    # Make the run as the older Caspi wrote it: no init_from/init_revision in run.json, its fingerprint without them.
+    meta = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    for key in ("init_from", "init_revision"):
+        del meta["recipe"]["model"][key]
+    old = hashlib.sha256(json.dumps(meta["recipe"], sort_keys=True).encode()).hexdigest()
+    meta["fingerprint"] = old
+    (run / "run.json").write_text(json.dumps(meta), encoding="utf-8")
+    for state_file in (run / "checkpoints").glob("step-*/state.json"):
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        state["fingerprint"] = old
+        state_file.write_text(json.dumps(state), encoding="utf-8")
+    capsys.readouterr()
+    assert train_cli(recipe, run, "train.max_steps=2") == 0  # resumes from step 2 (checked against `old`)
+    err = capsys.readouterr().err
+    assert "without the recipe fields model.init_from, model.init_revision" in err and "Resuming from" in err
+    assert train_cli(recipe, run, "train.max_steps=2", "model.init_from=elsewhere") == 1  # set by the user
+    assert "another recipe" in capsys.readouterr().err
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(make_recipe, read_run, tmp_path, monkeypatch, capsys):

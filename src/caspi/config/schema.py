@@ -347,9 +347,17 @@ class Recipe(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
-    def fingerprint(self) -> str:
-        """sha256 of the resolved recipe: a resumed run must carry the same one."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+    def fingerprint(self, without: tuple[str, ...] | list[str] = ()) -> str:
+        """sha256 of the resolved recipe: a resumed run must carry the same one. `without`: dotted fields left out,
+        as a Caspi that did not have them yet computed it (`caspi.train.state.added_at_default`)."""
+        data = self.to_dict()
+        for dotted in without:
+            *path, last = dotted.split(".")
+            node = data
+            for part in path:
+                node = node[part]
+            del node[last]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def cross_checks(recipe: Recipe) -> list[str]:

@@ -456,7 +456,7 @@ class TrainingRun:
         started, p, main = time.perf_counter(), self.progress, self.world.is_main
         # The metrics offset is rank 0's; the other ranks' snapshots carry 0 and rank 0 writes state.json.
         run = {"metrics_offset": self.tracker.offset() if main else 0,
-               "wandb_id": self.tracker.wandb_id if main else None, "fingerprint": self.recipe.fingerprint(),
+               "wandb_id": self.tracker.wandb_id if main else None, "fingerprint": self.record.fingerprint,
                "base": self.record.base, "manifests": self.record.manifests}
         snap = state.snapshot(p, model=self.model, ctc_head=self.ctc.head if self.ctc else None,
                               named_trainable=self.named_trainable, optimizer=self.optimizer, sampler=self.sampler,
@@ -471,7 +471,7 @@ class TrainingRun:
     def _resume(self, snap: ckpt.Snapshot) -> torch.Tensor:
         """Take the run back to the checkpoint; returns the loss so far of the step it interrupted (zeros at a step
         boundary)."""
-        state.check_resumable(snap.state, world_size=self.world.size, fingerprint=self.recipe.fingerprint(),
+        state.check_resumable(snap.state, world_size=self.world.size, fingerprint=self.record.fingerprint,
                               checkpoint=self.resume_path)
         p = self.progress = Progress.from_state(snap.state)
         # Every tensor trained in earlier phases first (it may be frozen now), then enter the saved phase.

@@ -202,6 +202,7 @@ class RunRecord:
 
     base: dict[str, Any] | None  # the pinned base (`pin_base`); None for a run from before pinning
     manifests: dict[str, dict]  # {"train": {"path", "sha256"}, "eval": ...} of the manifests now
+    fingerprint: str  # the run's recipe fingerprint, as run.json and its checkpoints record it
     data_change: str | None = None  # --new-data accepted a changed manifest: the event to log
     restart_epoch: bool = False  # --new-data on a changed train manifest: the saved sampler position is dropped
 
@@ -210,7 +211,8 @@ def check_run_json(run_dir: Path, recipe: Recipe, *, world: World, resume: ckpt.
                    resume_path: Path | None, new_data: bool, gate, overrides: list[str], family: ModelFamily,
                    train_cuts: CutSet) -> RunRecord:
     """First start: pin the base model (`pin_run_base`) and the manifests' sha256, write run.json and recipe.yaml
-    (rank 0; every rank then loads the base it pinned). Later starts: the recipe must be the one stored, the
+    (rank 0; every rank then loads the base it pinned). Later starts: the recipe must be the one stored (fields a
+    newer Caspi added, at their defaults, do not count: `added_at_default`; the run keeps its fingerprint), the
     manifests the ones the checkpoint was trained on (`_check_manifests`); the pinned base is checked when
     `caspi.models.loading.build_model` loads it."""
     meta_path = run_dir / RUN_FILE
@@ -221,12 +223,18 @@ def check_run_json(run_dir: Path, recipe: Recipe, *, world: World, resume: ckpt.
     if started_before:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta["fingerprint"] != fingerprint:
-            changed = sorted(diff_keys(meta.get("recipe", {}), recipe.to_dict()))
-            raise CheckpointError(
-                f"{run_dir} holds a run of another recipe (changed: {', '.join(changed) or '?'}); resume "
-                "with the same recipe and overrides, or train into a new --out folder"
-            )
-        record = RunRecord(base=meta.get("base"), manifests=manifests)  # base None: `load_base` warns
+            added = added_at_default(meta.get("recipe"), recipe)
+            if added is None or recipe.fingerprint(without=added) != meta["fingerprint"]:
+                changed = sorted(diff_keys(meta.get("recipe", {}), recipe.to_dict()))
+                raise CheckpointError(
+                    f"{run_dir} holds a run of another recipe (changed: {', '.join(changed) or '?'}); resume "
+                    "with the same recipe and overrides, or train into a new --out folder"
+                )
+            if world.is_main:
+                print(f"caspi: {run_dir} was started by a Caspi without the recipe fields {', '.join(added)}; they "
+                      "hold their defaults here, so it is the same recipe", file=sys.stderr)
+        # base None: `load_base` warns
+        record = RunRecord(base=meta.get("base"), manifests=manifests, fingerprint=meta["fingerprint"])
         _check_manifests(record, meta, meta_path, world=world, resume=resume, resume_path=resume_path,
                          new_data=new_data)
         if resume is not None and world.is_main:
@@ -254,7 +262,35 @@ def check_run_json(run_dir: Path, recipe: Recipe, *, world: World, resume: ckpt.
         ckpt.write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
     distributed.barrier(world)
     # Every rank loads the base rank 0 pinned (a hub branch could move between two resolutions).
-    return RunRecord(base=json.loads(meta_path.read_text(encoding="utf-8"))["base"], manifests=manifests)
+    return RunRecord(base=json.loads(meta_path.read_text(encoding="utf-8"))["base"], manifests=manifests,
+                     fingerprint=fingerprint)
+
+
+def added_at_default(stored: dict | None, recipe: Recipe) -> list[str] | None:
+    """The dotted recipe fields that `recipe` has and the resolved recipe `stored` (run.json's, written by an older
+    Caspi) lacks, when each of them holds the schema's default: a field added by a newer Caspi, which the user
+    cannot have set; None when one of them does not (the user set it: another recipe)."""
+    if not isinstance(stored, dict):
+        return None
+    added: list[str] = []
+    defaults = Recipe(name=recipe.name).to_dict()
+
+    def walk(cur: dict, old: dict, default, prefix: str) -> bool:
+        for key, value in cur.items():
+            sub = default.get(key, _MISSING) if isinstance(default, dict) else _MISSING
+            if key not in old:
+                if sub is _MISSING or value != sub:
+                    return False
+                added.append(prefix + key)
+            elif isinstance(value, dict) and isinstance(old[key], dict):
+                if not walk(value, old[key], sub if isinstance(sub, dict) else {}, f"{prefix}{key}."):
+                    return False
+        return True
+
+    return added if walk(recipe.to_dict(), stored, defaults, "") else None
+
+
+_MISSING = object()
 
 
 def manifest_hashes(recipe: Recipe) -> dict[str, dict]:
