@@ -7,12 +7,13 @@ full size's targets are measured by benchmarks/bench_demo.py.
 
 import gzip
 import json
+import shutil
 
 import pytest
 
 from caspi.cli import main
 from caspi.data.synth import DOMAINS
-from caspi.demo import render_summary
+from caspi.demo import find_recipes, render_summary
 
 pytestmark = pytest.mark.espeak
 
@@ -69,3 +70,19 @@ def test_a_rerun_keeps_the_finished_steps_and_another_seed_is_refused(demo, caps
     assert out.count("kept from an earlier demo") == 7  # 2 synth, round 1, audit, round 2, 2 evals
     assert main(["demo", "--out", str(demo), "--size", "quick", "--seed", "2"]) == 2
     assert "holds a demo of seed 1" in capsys.readouterr().err
+
+
+def test_a_stop_decision_ends_the_demo_before_round2(tmp_path, capsys):
+    """The gate is the product's promise: with thresholds that make the audit say STOP, the demo stops there (exit
+    3), trains no Round 2 and says so in its summary."""
+    recipes = tmp_path / "recipes"
+    shutil.copytree(find_recipes(), recipes)
+    round2 = recipes / "demo-round2.yaml"
+    stop_always = "audit:\n  proceed_below: 0.0\n  stop_above: 0.0\n"
+    round2.write_text(round2.read_text(encoding="utf-8").replace("audit:\n", stop_always, 1), encoding="utf-8")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--size", "quick", "--recipes", str(recipes)]) == 3
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["decision"] == "STOP" and summary["rounds"] == [] and summary["report"] is None
+    assert not (out / "round2").exists()
+    assert "The gate said STOP: no Round 2 was trained" in capsys.readouterr().out
