@@ -27,15 +27,19 @@ NOISY = ("broadcast", "whatsapp")
 MAX_SECONDS = 720
 
 
+def precision(counts: dict) -> float:
+    """Share of the removed clips that carried a planted error (an answer-key count of `caspi.demo`)."""
+    return (counts["removed"] - counts["removed_clean"]) / max(1, counts["removed"])
+
+
 def checks(summary: dict) -> dict[str, bool]:
     rows = {r["dataset"]: r for r in summary["rounds"]}
     key = summary["audit_answer_key"]
     studio, overall = key["by_domain"]["studio"], key["overall"]
-    precision = (overall["removed"] - overall["removed_clean"]) / max(1, overall["removed"])
     out = {
         "R1 studio CER ≤ 0.40": rows["studio"]["cer_a"] <= 0.40,
         "audit studio wrong recall ≥ 0.9": studio["wrong_caught"] >= 0.9 * studio["wrong_transcripts"],
-        "audit precision ≥ 0.9": precision >= 0.9,
+        "audit precision ≥ 0.9": precision(overall) >= 0.9,
     }
     for d in NOISY:
         r = rows[d]
@@ -72,13 +76,12 @@ def main() -> None:
         studio, overall = key["by_domain"]["studio"], key["overall"]
         pooled[0] += studio["wrong_caught"]
         pooled[1] += studio["wrong_transcripts"]
-        precision = (overall["removed"] - overall["removed_clean"]) / max(1, overall["removed"])
         r1 = " / ".join(f"{rows[d]['cer_a']:.3f}" for d in order)
         r2 = " / ".join(f"{rows[d]['cer_b']:.3f}" for d in order)
         print(f"| {seed} | {r1} | {r2} | "
               f"{' / '.join(rows[d]['cer_verdict'] for d in order)} | {summary['decision']} "
               f"{summary['low_quality_percentage']:.1f} % | {studio['wrong_caught']} / {studio['wrong_transcripts']} | "
-              f"{precision:.3f} | {summary['seconds']['total'] / 60:.1f} |")
+              f"{precision(overall):.3f} | {summary['seconds']['total'] / 60:.1f} |")
     print("\nseconds per stage: " + "; ".join(
         f"seed {seed}: " + ", ".join(f"{k} {v:.0f}" for k, v in s["seconds"].items()) for seed, s in summaries.items()))
     print(f"studio wrong transcripts caught, pooled over the seeds: {pooled[0]} / {pooled[1]}")

@@ -24,6 +24,7 @@ PACKAGE = Path(caspi.__file__).parent
 LAYERS = {
     "caspi": 0,  # the root package: __version__ only
     "caspi.errors": 0,
+    "caspi.folders": 0.5,  # output folders: imports only caspi.errors, so data, models and train share it
     "caspi.data": 1,
     "caspi.models": 1,
     "caspi.config": 2,

@@ -20,6 +20,7 @@ import numpy as np
 
 from caspi.data.audio import SAMPLE_RATE, check_samples
 from caspi.errors import AudioError, DataError
+from caspi.folders import fsync_dir
 
 DEFAULT_DOMAIN = "default"
 LANGUAGE = "he"
@@ -130,15 +131,6 @@ def write_manifest(cuts: CutSet, path: str | Path) -> Path:
         os.fsync(raw.fileno())
     tmp.replace(path)
     return path
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a folder, so that a rename inside it survives a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: str | Path, write) -> Path:

@@ -45,6 +45,7 @@ import torch
 
 from caspi import __version__
 from caspi.errors import CheckpointError, ConfigError
+from caspi.folders import check_output_folder, fsync_tree
 from caspi.models.families import first_line, is_local_path
 
 Layout = Literal["native", "original", "trainer-checkpoint"]
@@ -663,30 +664,8 @@ def generation_ids(tokenizer, source: Path) -> tuple[list[int], int]:
 
 def check_target(out: Path) -> None:
     """ConfigError unless `out` may receive a conversion: new, an empty folder, or an earlier conversion (with its
-    marker). Any other folder is refused, so a wrong --out cannot wipe a folder of other files."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ConfigError(f"{out}: exists and is a file; the converted model needs a new or empty folder")
-    entries = sorted(p.name for p in out.iterdir())
-    if entries and CONVERSION_MARKER not in entries:
-        raise ConfigError(
-            f"{out}: the folder holds {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} (e.g. "
-            f"{', '.join(entries[:3])}) and is not an earlier Caspi conversion (no {CONVERSION_MARKER}); refusing to "
-            "replace it. Convert into a new or empty folder"
-        )
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    marker)."""
+    check_output_folder(out, marker=CONVERSION_MARKER, what="conversion")
 
 
 def _write(plan: Plan, sha256: str, tmp: Path, out: Path) -> ConversionReport:
@@ -761,7 +740,7 @@ def _write(plan: Plan, sha256: str, tmp: Path, out: Path) -> ConversionReport:
               "processor_from": plan.processor_from, **report.to_json()}
     marker["out"] = str(out)
     (tmp / CONVERSION_MARKER).write_text(json.dumps(marker, indent=2, ensure_ascii=False), encoding="utf-8")
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     return report
 
 

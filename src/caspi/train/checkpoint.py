@@ -40,9 +40,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from caspi.data.cuts import fsync_dir as _fsync_dir
 from caspi.data.cuts import write_text_atomic  # noqa: F401 - used here and by the loop as ckpt.write_text_atomic
 from caspi.errors import CheckpointError
+from caspi.folders import fsync_dir as _fsync_dir
+from caspi.folders import fsync_file as _fsync_file
 
 # The layout's read side (which folder is complete, newest, its state.json and tensors) lives with model loading,
 # which eval, export and the audit use without importing training code. Training code and the checkpoint tests
@@ -68,11 +69,6 @@ _SLOW_WRITE_ENV = "CASPI_TEST_SLOW_CHECKPOINT_S"
 def checkpoint_name(step: int, micro: int = 0) -> str:
     """`step-000200` after optimizer step 200; `step-000200-m03` after 3 micro-batches of step 201."""
     return f"step-{step:06d}" + (f"-m{micro:02d}" if micro else "")
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _pause_for_tests() -> None:
@@ -154,16 +150,6 @@ def recover_aside(final: Path, is_ours: Callable[[Path], bool]) -> None:
     else:
         os.replace(trash, final)
         _fsync_dir(final.parent)
-
-
-def fsync_tree(folder: Path) -> None:
-    """fsync every file under `folder`, then the folders themselves (before renaming it into place)."""
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_file() and not path.is_symlink():
-            _fsync_file(path)
-        elif path.is_dir():
-            _fsync_dir(path)
-    _fsync_dir(folder)
 
 
 def clean_partial(root: Path) -> list[str]:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from caspi.errors import CaspiError
 from caspi import __version__
+from caspi.errors import CaspiError
+from caspi.folders import check_output_folder, fsync_tree
 from caspi.models.loading import load_run, read_run, resolve_run
 from caspi.train import checkpoint as ckpt
 
@@ -41,17 +42,7 @@ def check_export_target(out: Path) -> None:
     aside = out.with_name(f".tmp-old-{out.name}")
     if aside.exists():
         raise ExportError(f"{aside}: in the way of replacing {out} and not a Caspi export; move it elsewhere")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ExportError(f"{out}: exists and is a file; export needs a new or empty folder, or an earlier export")
-    entries = sorted(p.name for p in out.iterdir())
-    if entries and EXPORT_MARKER not in entries:
-        raise ExportError(
-            f"{out}: the folder holds {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} (e.g. "
-            f"{', '.join(entries[:3])}) and is not an earlier Caspi export (no {EXPORT_MARKER}); refusing to replace "
-            "it. Export into a new or empty folder"
-        )
+    check_output_folder(out, marker=EXPORT_MARKER, what="export", error=ExportError)
 
 
 def export_model(model: torch.nn.Module, processor, out: str | Path, dtype: torch.dtype | None = None,
@@ -77,7 +68,7 @@ def export_model(model: torch.nn.Module, processor, out: str | Path, dtype: torc
     marker = {"caspi": __version__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dtype": str(dtype),
               **(source or {})}
     (tmp / EXPORT_MARKER).write_text(json.dumps(marker, indent=2, ensure_ascii=False), encoding="utf-8")
-    ckpt.fsync_tree(tmp)
+    fsync_tree(tmp)
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty folder given as --out: nothing to keep aside
     ckpt.replace_folder(tmp, out)

@@ -49,6 +49,7 @@ from caspi.config import PhaseConfig, Recipe
 from caspi.data.cuts import cut_text, file_sha256
 from caspi.data.sampling import restore_sampler, sampler_state
 from caspi.errors import CheckpointError, ConfigError
+from caspi.folders import fsync_tree
 from caspi.models.convert import detect_layout, folder_sha256, read_config
 from caspi.models.families import ModelFamily, family_names, from_pretrained_or_raise, get_family, is_local_path
 from caspi.models.loading import (
@@ -458,7 +459,7 @@ def _save_in_run(model, processor, folder: Path) -> None:
             shutil.rmtree(leftover)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    ckpt.fsync_tree(tmp)
+    fsync_tree(tmp)
     ckpt.replace_folder(tmp, folder)
 
 
