@@ -15,6 +15,7 @@ from caspi.models import family_names, family_of, get_family
 from caspi.models.families import from_pretrained_or_raise
 from caspi.models.qwen3_asr import CHAT_TEMPLATE
 from caspi.models.tokenizer import train_unicode_bpe
+from caspi.models.unfreeze import apply_trainable, trainable_names
 from caspi.testing import tone
 
 torch.set_num_threads(1)
@@ -458,3 +459,34 @@ def test_frame_lengths_count_the_mel_frames_of_real_audio():
     mask = torch.tensor([[1] * 100 + [0] * 100, [1] * 101 + [0] * 99, [1] + [0] * 199])
     qwen = get_family("qwen3_asr").frame_lengths({"input_features_mask": mask}, lens)
     assert qwen.tolist() == [100, 101, 1]  # the processor's mask of real frames
+
+
+def test_checkpointing_records_no_frozen_audio():
+    """Strategy B (projector + top LLM layers + LM head) trains no audio layer: with checkpointing on, autograd must
+    not record the audio tower (transformers' input-grad hooks would make it), and the gradients must be those of
+    training without checkpointing."""
+    family = get_family("qwen3_asr")
+    spec = {"projector": {}, "llm_top": {"top": 1}, "lm_head": {}}  # xs has 2 LLM layers: the bottom one frozen
+    grads, audio_requires_grad = {}, {}
+    for checkpointing in (False, True):
+        model, processor = family.tiny(TEXTS, seed=0, size="xs")
+        apply_trainable(model, trainable_names(model, spec))
+        if checkpointing:
+            family.enable_gradient_checkpointing(model)
+        model.train()
+        seen = {}
+        model.model.audio_tower.register_forward_hook(
+            lambda mod, args, out, seen=seen: seen.__setitem__("grad", out.last_hidden_state.requires_grad))
+        model(**family.build_inputs(processor, AUDIO, TEXTS)).loss.backward()
+        grads[checkpointing] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        audio_requires_grad[checkpointing] = seen["grad"]
+        assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    assert audio_requires_grad == {False: False, True: False}
+    assert len(grads[True]) > 10 and all(g.abs().sum() > 0 for g in grads[True].values())
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=0, atol=0, msg=name)
+    # transformers' behaviour, for contrast: its hook on the tower's input embedding (conv2d1) makes the frozen
+    # tower's output require grad.
+    model.enable_input_require_grads()
+    model(**family.build_inputs(processor, AUDIO, TEXTS))
+    assert seen["grad"] is True

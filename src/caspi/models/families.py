@@ -151,6 +151,11 @@ class ModelFamily(ABC):
             base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers also hooks every input embedding (Qwen3-ASR's audio conv2d1 included) to make its output
+        # require grad, which reentrant checkpointing needs and non-reentrant does not: left on, autograd records
+        # and back-propagates through every frozen layer, e.g. the whole audio tower in a phase that trains none.
+        if hasattr(base, "disable_input_require_grads"):
+            base.disable_input_require_grads()
         base.config.use_cache = False
 
     # --- the audio embeddings the text decoder sees (for the auxiliary CTC loss, `caspi.models.ctc`) ----------
