@@ -53,6 +53,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_audit_model.py --seed 0
 	$(BIN)/python benchmarks/bench_demo.py --seeds 0 1 2
 	$(BIN)/python benchmarks/bench_audit_real.py
+	$(BIN)/python benchmarks/bench_checkpointing.py
+	$(BIN)/python benchmarks/bench_plan_memory.py || test $$? -eq 2  # exit 2: no CUDA here, nothing to compare
 	$(BIN)/python benchmarks/bench_audit_speed.py --n 2500
 	$(BIN)/python benchmarks/bench_checkpoint.py
 	$(BIN)/python benchmarks/bench_loop_overhead.py

@@ -16,7 +16,7 @@ def test_subcommand_surface_is_pinned():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == {"validate-recipe", "synth", "import", "stats", "audit", "train", "export", "eval",
-                                "compare", "convert", "report", "demo"}
+                                "compare", "convert", "report", "demo", "plan", "doctor"}
 
 
 def test_validate_recipe_ok(capsys):
@@ -110,8 +110,9 @@ def test_import_takes_each_duration_limit_from_its_flag_else_the_recipe(tmp_path
 def test_train_reports_on_the_main_process_only(tmp_path, capsys, monkeypatch, is_main, printed):
     from caspi.train import loop
 
-    result = SimpleNamespace(preempted=False, is_main=is_main, best_wer=0.25, last_loss=1.5, step=3, epoch=1,
-                             run_dir=tmp_path / "run", checkpoint=tmp_path / "run" / "checkpoints" / "step-3")
+    result = SimpleNamespace(preempted=False, over_budget=False, is_main=is_main, best_wer=0.25, last_loss=1.5,
+                             step=3, epoch=1, run_dir=tmp_path / "run",
+                             checkpoint=tmp_path / "run" / "checkpoints" / "step-3")
     monkeypatch.setattr(loop, "train", lambda recipe, out, **options: result)
     assert main(["train", "--recipe", str(RECIPES / "demo-cpu.yaml"), "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out

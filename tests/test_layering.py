@@ -33,7 +33,9 @@ LAYERS = {
     "caspi.audit": 4,
     "caspi.eval": 4,
     "caspi.train": 5,
+    "caspi.plan": 5.5,  # parameters, memory, steps and cost of a recipe: builds on train's rules, runs nothing
     "caspi.report": 6,  # reads what audit, eval and train write
+    "caspi.doctor": 6.5,  # pre-flight checks: the machine, the credentials, the audit gate and the plan
     "caspi.testing": 7,
     "caspi.demo": 8,  # the Round-2 workflow: runs the commands the CLI passes it
     "caspi.cli": 9,

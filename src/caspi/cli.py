@@ -1,7 +1,8 @@
 """The `caspi` command line: parse, load the recipe, call one library function, print its result, map it and
 errors to exit codes. Each command holds no logic a notebook user would need: that lives in the library call.
 
-Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 the Phase 0 gate says STOP. A `CaspiError` is printed as
+Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 the Phase 0 gate says STOP; `train` also 4 (stopped at
+`hardware.budget_usd` after saving) and 143 (preempted after saving). A `CaspiError` is printed as
 one message; `--debug` shows the traceback. Heavy imports (torch, lhotse, transformers) happen inside commands
 so `caspi --help` and `validate-recipe` stay fast.
 """
@@ -120,11 +121,14 @@ def cmd_stats(args) -> int:
 def cmd_train(args) -> int:
     from caspi.train.loop import train
     from caspi.train.preempt import EXIT_REQUEUE
+    from caspi.train.resources import EXIT_OVER_BUDGET
 
     result = train(_recipe(args), args.out, overrides=args.overrides, force_gate=args.force_gate,
                    cpu_fallback=args.cpu_fallback, progress=not args.quiet, new_data=args.new_data)
     if result.preempted:
         return EXIT_REQUEUE
+    if result.over_budget:  # the loop printed why and how to go on
+        return EXIT_OVER_BUDGET
     if not result.is_main:  # under torchrun, rank 0 reports
         return EXIT_OK
     best = f", best WER {result.best_wer:.3f}" if result.best_wer is not None else ""
@@ -226,6 +230,23 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args) -> int:
+    from caspi.doctor import checks_json, exit_code, render_checks, run_checks
+
+    checks = run_checks(_recipe(args), out=args.out, network=not args.offline, timeout=args.timeout)
+    print(checks_json(checks) if args.json else render_checks(checks))
+    return exit_code(checks)
+
+
+def cmd_plan(args) -> int:
+    from caspi.plan import make_plan, render_plan
+
+    plan = make_plan(_recipe(args), gpus=args.gpus, nodes=args.nodes, gpu_mem=args.gpu_mem, price=args.price,
+                     samples=args.samples, manifest=args.manifest, throughput=args.throughput, measure=args.measure)
+    print(json.dumps(plan.to_json(), ensure_ascii=False, indent=2) if args.json else render_plan(plan))
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from caspi.demo import run_demo
 
@@ -314,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume although a manifest changed since the checkpoint: restart the current epoch on the "
                         "new data (the saved sampler position is dropped; recorded in run.json and metrics.jsonl)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.epilog = ("exit 4: the cost reached hardware.budget_usd (saved; append hardware.budget_usd=N to go on); "
+                "exit 143: preempted (saved; run the same command to resume)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="per-domain WER/CER with bootstrap intervals for a model or a hypotheses file")
@@ -357,6 +380,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hub id or folder for the processor files SRC lacks (e.g. Qwen/Qwen3-ASR-1.7B-hf)")
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser("plan", help="parameters, memory per GPU, steps, hours and cost of a recipe, and the same "
+                                     "effective batch on 1, 2 and 8 GPUs (builds the model on the meta device)")
+    p.add_argument("--recipe", required=True, help="recipe YAML; overrides such as train.micro_batch=4 may follow")
+    p.add_argument("--gpus", type=int, help="GPUs per node (default: hardware.gpus_per_node)")
+    p.add_argument("--nodes", type=int, help="nodes (default: hardware.nodes)")
+    p.add_argument("--gpu-mem", type=float, metavar="GIB", help="memory per GPU (default: hardware.gpu_memory_gib)")
+    p.add_argument("--price", type=float, metavar="USD", help="USD per GPU-hour (default: hardware.price_per_gpu_hour)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--samples", type=int, help="training clips per epoch, instead of a manifest")
+    size.add_argument("--manifest", help="training manifest (default: data.train_manifest, when it exists)")
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument("--throughput", type=float, metavar="SAMPLES_PER_S",
+                       help="training samples per second on one GPU (hours and cost are unknown without it)")
+    speed.add_argument("--measure", action="store_true",
+                       help="measure the throughput here: a few real training steps on the manifest's longest clips "
+                            "(needs the model's weights and the recipe's device)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=cmd_plan)
+
     p = sub.add_parser("report", help="one self-contained HTML page (report.html + its audio and plots) from audit, "
                                        "compare and run folders")
     p.add_argument("inputs", nargs="+", metavar="FOLDER",
@@ -367,6 +409,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="PNG",
                    help="also save the page's top as a small PNG (e.g. docs/report.png; needs chromium + playwright)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("doctor", help="pre-flight checks: PASS/WARN/FAIL for the machine (torch, CUDA or ROCm, GPUs, "
+                                       "disk, tokens) and, with --recipe, its model, data, Phase 0 gate and memory "
+                                       "plan (exit 1 on any FAIL)")
+    p.add_argument("--recipe", help="also check what this recipe needs (overrides such as train.micro_batch=4 may "
+                                    "follow)")
+    p.add_argument("--out", default=".", help="the run folder: free disk is measured there (default: here)")
+    p.add_argument("--offline", action="store_true", help="ask the hub nothing: models not cached are a WARN")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds each network check may take")
+    p.add_argument("--json", action="store_true", help="print JSON (for CI) instead of one line a check")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 

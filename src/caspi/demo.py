@@ -9,12 +9,15 @@ The demo plays all of it on synthetic Hebrew (espeak-ng), in OUT:
     data/round1/    1. `caspi synth`: Round 1's data, clean studio speech (its own seed)
     data/round2/       `caspi synth`: Round 2's new data, all four domains, 8 % planted errors; its eval split (every
                        domain, never corrupted) is the eval set of both rounds
-                    2. (`plan` and `doctor` of the demo recipes join here when those commands exist: issue #17)
+    plan/           2. `caspi plan --measure` of Round 1: parameters, memory, steps, and the hours its measured
+                       throughput predicts (the summary sets them beside the time Round 1 really took)
     round1/         3. `caspi train` recipes/demo-cpu.yaml: a tiny Qwen3-ASR from scratch on the studio clips. It
                        stands in for the Round-1 model a user has (in the seeds, a 1.7B fine-tune)
     phase0/         4. `caspi audit --all` of Round 2's data with the model-free scorers and Round 1's teacher-forced
                        loss (recipes/demo-round2.yaml's audit section): decision, report, cleaned manifest; exit 3
                        (STOP) ends the demo there, as it would end a real run
+    doctor/            `caspi doctor` of Round 2's recipe, once its data, Round 1 and the audit exist: a FAIL ends
+                       the demo before the trainer starts, as a pre-flight check should
     round2/         5. `caspi train` recipes/demo-round2.yaml from Round 1's weights (`model.init_from`) on the
                        cleaned manifest, gated by the audit's report, B→A. It runs as a child process that gets a
                        SIGTERM after its first checkpoint (a preemption: it saves and exits 143); the same command
@@ -33,6 +36,8 @@ into the same OUT (same seed and size) and the finished steps are kept: an inter
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import signal
 import subprocess
@@ -48,6 +53,7 @@ from caspi.errors import ConfigError, TrainingError
 from caspi.models.loading import CHECKPOINTS, LATEST_FILE
 from caspi.train.preempt import EXIT_REQUEUE
 
+PLAN_FILE, DOCTOR_FILE = "plan/round1.json", "doctor/round2.txt"
 MARKER = "demo.json"  # in OUT: the demo's seed and size, so a re-run into OUT keeps only what it would make again
 ROUND1_RECIPE, ROUND2_RECIPE = "demo-cpu.yaml", "demo-round2.yaml"
 EXIT_STOP = 3  # `caspi audit` on a STOP decision
@@ -125,16 +131,26 @@ class _Steps:
         self.run, self.log = run, log
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, stage: str, argv: list[str], done: Path | None = None, ok: tuple[int, ...] = (0,)) -> int:
+    def __call__(self, stage: str, argv: list[str], done: Path | None = None, ok: tuple[int, ...] = (0,),
+                 capture: Path | None = None) -> int:
+        """`capture`: write what the command prints to this file instead (kept only when it succeeds, so a failed
+        check runs again next time; printed when it fails)."""
         if done is not None and done.exists():
             self.log(f"kept from an earlier demo: caspi {' '.join(argv[:1])} → {done}")
             return 0
-        self.log("$ caspi " + " ".join(argv))
+        self.log("$ caspi " + " ".join(argv) + (f"   > {capture}" if capture else ""))
         started = time.perf_counter()
-        code = self.run(argv)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed) if capture else contextlib.nullcontext():
+            code = self.run(argv)
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
         if code not in ok:
+            if capture:
+                print(printed.getvalue(), end="")
             raise TrainingError(f"demo: `caspi {' '.join(argv)}` exited {code}; see its message above")
+        if capture:
+            capture.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(capture, printed.getvalue())
         return code
 
 
@@ -161,13 +177,17 @@ def run_demo(out: str | Path, *, run: Callable[[list[str]], int], seed: int = 0,
                    str(s.eval_clips_per_domain * len(DOMAINS)), "--seed", str(seed + ROUND2_SEED_OFFSET),
                    "--error-rate", str(s.error_rate), "--quiet"], done=data2 / "eval.jsonl.gz")
 
+    # 2. Round 1's plan: what it trains, the memory it needs, its steps, and the hours a measured throughput gives
+    round1_overrides = [f"data.train_manifest={data1 / 'train.jsonl.gz'}",
+                        f"data.eval_manifest={data1 / 'eval.jsonl.gz'}", f"train.seed={seed}",
+                        f"train.epochs={s.round1_epochs}", f"eval.every_steps={s.round1_eval_every}",
+                        f"eval.samples={s.round1_eval_clips}", f"train.save_every_steps={s.round1_eval_every}"]
+    step("plan", ["plan", "--recipe", str(recipes / ROUND1_RECIPE), *round1_overrides, "--measure", "--json"],
+         done=out / PLAN_FILE, capture=out / PLAN_FILE)
+
     # 3. Round 1 from scratch on clean studio speech
     step("round 1", ["train", "--recipe", str(recipes / ROUND1_RECIPE), "--out", str(round1), "--quiet",
-                     f"data.train_manifest={data1 / 'train.jsonl.gz'}", f"data.eval_manifest={data1 / 'eval.jsonl.gz'}",
-                     f"train.seed={seed}", f"train.epochs={s.round1_epochs}",
-                     f"eval.every_steps={s.round1_eval_every}", f"eval.samples={s.round1_eval_clips}",
-                     f"train.save_every_steps={s.round1_eval_every}"],
-         done=round1 / "final" / "config.json")
+                     *round1_overrides], done=round1 / "final" / "config.json")
 
     # 4. Phase 0 on Round 2's data, with Round 1 reading the transcripts
     code = step("audit", ["audit", "--manifest", str(data2 / "train.jsonl.gz"), "--out", str(phase0), "--all",
@@ -179,16 +199,20 @@ def run_demo(out: str | Path, *, run: Callable[[list[str]], int], seed: int = 0,
         return DemoResult(out, audit_report["decision"], summary, None)
 
     # 5. Round 2 from Round 1's weights on the cleaned data, preempted once and resumed
-    train2 = ["train", "--recipe", str(recipes / ROUND2_RECIPE), "--out", str(round2), "--quiet",
-              f"model.init_from={round1}", f"data.train_manifest={phase0 / 'cleaned.jsonl.gz'}",
-              f"data.eval_manifest={data2 / 'eval.jsonl.gz'}", f"gate.report={phase0 / 'alignment_report.json'}",
-              f"train.seed={seed}", f"train.epochs={s.round2_epochs}",
-              f"unfreeze.phases.1.start_epoch={s.round2_phase_a_epoch}",
-              f"train.save_every_steps={s.round2_save_every}", f"eval.every_steps={s.round2_save_every}",
-              f"eval.samples={s.eval_clips_per_domain * len(DOMAINS)}"]
+    round2_overrides = [f"model.init_from={round1}", f"data.train_manifest={phase0 / 'cleaned.jsonl.gz'}",
+                        f"data.eval_manifest={data2 / 'eval.jsonl.gz'}",
+                        f"gate.report={phase0 / 'alignment_report.json'}", f"train.seed={seed}",
+                        f"train.epochs={s.round2_epochs}", f"unfreeze.phases.1.start_epoch={s.round2_phase_a_epoch}",
+                        f"train.save_every_steps={s.round2_save_every}", f"eval.every_steps={s.round2_save_every}",
+                        f"eval.samples={s.eval_clips_per_domain * len(DOMAINS)}"]
+    train2 = ["train", "--recipe", str(recipes / ROUND2_RECIPE), "--out", str(round2), "--quiet", *round2_overrides]
     if (round2 / "final" / "config.json").exists():
         log(f"kept from an earlier demo: caspi train → {round2 / 'final'}")
     else:
+        # The pre-flight check of what Round 2 needs (exit 1 on a FAIL ends the demo here). Offline: a demo asks
+        # the hub nothing.
+        step("doctor", ["doctor", "--recipe", str(recipes / ROUND2_RECIPE), *round2_overrides, "--out", str(round2),
+                        "--offline"], capture=out / DOCTOR_FILE)
         if not (round2 / CHECKPOINTS / LATEST_FILE).exists():
             preempt_after_first_checkpoint(step, train2, round2)
         step("round 2", train2)  # resumes from the checkpoint the SIGTERM saved
@@ -283,6 +307,7 @@ def _summary(out: Path, seed: int, size: str, audit_report: dict, compare: Path 
         "rounds": [{k: r[k] for k in ("dataset", "utterances", "wer_a", "wer_b", "cer_a", "cer_b", "verdict",
                                       "cer_verdict", "wer_a_ci95", "wer_b_ci95", "cer_a_ci95", "cer_b_ci95")}
                    for r in rows],
+        "plan": _plan_summary(out / PLAN_FILE),
         "seconds": {**{k: round(v, 1) for k, v in seconds.items()}, "total": round(total, 1)},
         "report": str(out / "report" / "report.html") if compare else None,
     }
@@ -291,6 +316,17 @@ def _summary(out: Path, seed: int, size: str, audit_report: dict, compare: Path 
     write_text_atomic(out / "summary.md", text + "\n")
     print("\n" + text)
     return summary
+
+
+def _plan_summary(path: Path) -> dict | None:
+    """What `caspi plan --measure` said of Round 1 before it ran (None when the plan is missing)."""
+    if not path.is_file():
+        return None
+    plan = json.loads(path.read_text(encoding="utf-8"))
+    layout = plan["layout"]
+    return {"trainable": plan["model"]["phases"][0]["trainable"], "steps": layout["total_steps"],
+            "memory_gib": layout["memory_gib"], "samples_per_s": plan["throughput"]["samples_per_s_per_gpu"],
+            "predicted_minutes": None if layout["hours"] is None else layout["hours"] * 60}
 
 
 def render_summary(summary: dict) -> str:
@@ -321,6 +357,13 @@ def render_summary(summary: dict) -> str:
                          f"{r['cer_a']:.3f} | {r['cer_b']:.3f} | {r['cer_verdict']} | {r['verdict']} |")
     else:
         lines += ["", "The gate said STOP: no Round 2 was trained (as a real run would stop here)."]
+    plan = summary.get("plan")
+    if plan and plan["predicted_minutes"] is not None:
+        took = summary["seconds"].get("round 1")
+        lines += ["", f"`caspi plan` of Round 1: {plan['trainable']:,} trainable parameters, {plan['steps']:,} steps, "
+                  f"{plan['memory_gib']:.2f} GiB; at the {plan['samples_per_s']:.1f} clips/s it measured it "
+                  f"predicted {plan['predicted_minutes']:.1f} min of training"
+                  + (f"; Round 1 took {took / 60:.1f} min (its evals included)." if took else ".")]
     lines += ["", "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["seconds"].items())]
     if summary["report"]:
         lines += ["", f"Report: {summary['report']}"]

@@ -58,7 +58,8 @@ def test_summary_compares_both_rounds_on_every_domain(demo):
     assert all(r["utterances"] == 4 for r in summary["rounds"][:-1])
     key = summary["audit_answer_key"]["overall"]
     assert key["planted"] == 4 and key["removed"] == len(_jsonl(demo / "phase0" / "removed.jsonl"))
-    assert set(summary["seconds"]) == {"synth", "round 1", "audit", "round 2", "eval", "report", "total"}
+    assert set(summary["seconds"]) == {"synth", "plan", "round 1", "audit", "doctor", "round 2", "eval", "report",
+                                       "total"}
     assert (demo / "summary.md").read_text(encoding="utf-8").strip() == render_summary(summary)
     page = (demo / "report" / "report.html").read_text(encoding="utf-8")
     assert "round 1" in page and "round 2" in page and "<audio" in page
@@ -67,7 +68,7 @@ def test_summary_compares_both_rounds_on_every_domain(demo):
 def test_a_rerun_keeps_the_finished_steps_and_another_seed_is_refused(demo, capsys):
     assert main(["demo", "--out", str(demo), "--size", "quick", "--seed", "1"]) == 0
     out = capsys.readouterr().out
-    assert out.count("kept from an earlier demo") == 7  # 2 synth, round 1, audit, round 2, 2 evals
+    assert out.count("kept from an earlier demo") == 8  # 2 synth, plan, round 1, audit, round 2, 2 evals
     assert main(["demo", "--out", str(demo), "--size", "quick", "--seed", "2"]) == 2
     assert "holds a demo of seed 1" in capsys.readouterr().err
 
@@ -86,3 +87,16 @@ def test_a_stop_decision_ends_the_demo_before_round2(tmp_path, capsys):
     assert summary["decision"] == "STOP" and summary["rounds"] == [] and summary["report"] is None
     assert not (out / "round2").exists()
     assert "The gate said STOP: no Round 2 was trained" in capsys.readouterr().out
+
+
+def test_plan_ran_before_round1_and_doctor_before_round2(demo):
+    """The plan's steps are the steps Round 1 trained, its memory is the one phase's, and it measured a throughput;
+    the doctor passed Round 2's pre-flight (a FAIL would have ended the demo) with the gate's check among them."""
+    summary = json.loads((demo / "summary.json").read_text(encoding="utf-8"))
+    plan = summary["plan"]
+    trained = max(r["step"] for r in _jsonl(demo / "round1" / "metrics.jsonl") if r.get("kind") == "train")
+    assert plan["steps"] == trained
+    assert plan["samples_per_s"] > 0 and plan["predicted_minutes"] > 0 and plan["memory_gib"] > 0
+    doctor = (demo / "doctor" / "round2.txt").read_text(encoding="utf-8")
+    assert "phase0" in doctor and "FAIL" not in doctor.replace("0 fail", "")
+    assert "`caspi plan` of Round 1" in (demo / "summary.md").read_text(encoding="utf-8")

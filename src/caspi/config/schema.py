@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -48,8 +48,16 @@ class HardwareConfig(_Section):
     gpus_per_node: int = Field(1, ge=1)  # processes per node (torchrun --nproc_per_node); 1 on CPU
     gpu_type: str | None = None  # e.g. "A100-40GB", for plan/doctor and the run metadata
     gpu_memory_gib: float | None = Field(None, gt=0)  # per device; training warns when the device has less
-    # USD; training logs `gpu_hours` and `cost_usd` so far in metrics.jsonl (CUDA runs only), for plan's figure too
+    # USD per device (GPU, or the CPU instance) per hour; when set, training logs `gpu_hours` and `cost_usd` so far
+    # in metrics.jsonl on any device (caspi.train.resources), and plan prices the run with it
     price_per_gpu_hour: float | None = Field(None, ge=0)
+    # USD for the whole run, over every start; needs price_per_gpu_hour. Training warns at 80 % and at 100 % saves
+    # and exits 4 (over_budget: stop) or warns once and goes on (continue). Both may change on a resume.
+    budget_usd: float | None = Field(None, gt=0)
+    over_budget: Literal["stop", "continue"] = "stop"
+
+    # Fields a resume may change: they decide when the run stops, not what it computes (`Recipe.fingerprint`).
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("budget_usd", "over_budget")
 
     @property
     def world_size(self) -> int:
@@ -349,9 +357,10 @@ class Recipe(_Section):
 
     def fingerprint(self, without: tuple[str, ...] | list[str] = ()) -> str:
         """sha256 of the resolved recipe: a resumed run must carry the same one. `without`: dotted fields left out,
-        as a Caspi that did not have them yet computed it (`caspi.train.state.added_at_default`)."""
+        as a Caspi that did not have them yet computed it (`caspi.train.state.added_at_default`). The budget
+        (`HardwareConfig.RESUMABLE`) is always left out: raising it is how a run stopped by it goes on."""
         data = self.to_dict()
-        for dotted in without:
+        for dotted in dict.fromkeys([*without, *(f"hardware.{key}" for key in HardwareConfig.RESUMABLE)]):
             *path, last = dotted.split(".")
             node = data
             for part in path:
@@ -368,6 +377,9 @@ def cross_checks(recipe: Recipe) -> list[str]:
         t.grad_accumulation(hw.world_size)
     except ConfigError as exc:
         problems.append(str(exc))
+    if hw.budget_usd is not None and hw.price_per_gpu_hour is None:
+        problems.append(f"hardware.budget_usd: a budget (${hw.budget_usd:g}) needs hardware.price_per_gpu_hour "
+                        "(USD per GPU per hour) to count the cost against")
     if recipe.data.min_duration >= recipe.data.max_duration:
         problems.append(
             f"data.min_duration: {recipe.data.min_duration} s must be below data.max_duration "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -311,7 +312,11 @@ def apply_lora(
     regex = target_regex or family.lora_target_regex(layers)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=regex, bias="none")
     try:
-        peft_model = get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning on every call): not
+            # ours to fix, and it would print on every plan and every LoRA run.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise ConfigError(f"apply_lora: target regex {regex!r} matched no module: {exc}") from exc
     return peft_model

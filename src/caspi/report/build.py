@@ -28,7 +28,8 @@ from caspi.report.runs import RunSection, read_run
 
 REPORT_FILE = "report.html"
 OWN_FILES = ("audio", "curves-*.png", "comparison-*.png")  # what an earlier report wrote beside report.html
-EXIT_MEANINGS = {0: "ok", 1: "failure", 2: "usage error", 3: "the gate says STOP", 130: "interrupted",
+EXIT_MEANINGS = {0: "ok", 1: "failure", 2: "usage error", 3: "the gate says STOP",
+                 4: "over budget: saved a checkpoint; raise hardware.budget_usd to resume", 130: "interrupted",
                  143: "preempted: saved a checkpoint; the next start resumes"}
 
 

@@ -29,6 +29,10 @@ What makes that hold: the sampler's position is saved in batches consumed; the D
 (its iterator would otherwise draw from the global RNG); SpecAugment runs in the loop's process (`model_inputs`), on
 the saved torch/numpy RNGs; speed perturbation is a hash of (seed, epoch, cut id); the learning rate is a pure
 function of the step.
+
+Cost. With `hardware.price_per_gpu_hour` every train and eval record carries `gpu_hours` and `cost_usd` so far, the
+first eval prints the projected cost of the run, and `hardware.budget_usd` warns at 80 % and at 100 % saves and
+stops (`TrainResult.over_budget`, exit 4) unless `hardware.over_budget: continue` (`caspi.train.resources.Budget`).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from caspi.train.batches import count_batches, epoch_batches, eval_subset, model
 from caspi.train.distributed import World
 from caspi.train.export import export_model
 from caspi.train.preempt import PreemptionFlag, request_requeue
-from caspi.train.resources import CostMeter, device_memory_gib, hardware_warnings, memory_gib, pick_device
+from caspi.train.resources import Budget, CostMeter, device_memory_gib, hardware_warnings, memory_gib, pick_device
 from caspi.train.state import CTC_HEAD, CTC_HEAD_PREFIX, Progress
 from caspi.train.track import METRICS_FILE, Tracker
 
@@ -77,6 +81,7 @@ class TrainResult:
     best_wer: float | None
     checkpoint: Path | None
     is_main: bool = True  # rank 0 (under torchrun, the process that reports)
+    over_budget: bool = False  # stopped at hardware.budget_usd after saving; raise the budget to resume
 
 
 @dataclass
@@ -119,7 +124,9 @@ class TrainingRun:
         hf_logging.disable_progress_bar()  # per-shard bars on every save/load would drown the training bar
         # --- processes and device
         self.device, self.model_dtype, self.autocast_dtype = pick_device(r, self.world.local_rank, self.cpu_fallback)
-        self.cost = CostMeter(r.hardware.price_per_gpu_hour, self.world.size, self.device)  # clock starts here
+        self.cost = CostMeter(r.hardware.price_per_gpu_hour, self.world.size)  # clock starts here
+        self.budget = Budget(self.cost, r.hardware.budget_usd, r.hardware.over_budget)
+        self.projected = False  # the cost projection is printed at the first eval of each start
         self.world = distributed.start(self.world, self.device)
         # Derived, so the effective batch holds for whatever number of processes runs the recipe.
         self.accum = r.train.grad_accumulation(self.world.size)
@@ -203,6 +210,8 @@ class TrainingRun:
         if self.resume_path is not None and (p.step >= total_steps or p.epoch > r.train.epochs):
             print(f"caspi: {self.run_dir} already finished (step {p.step}); nothing to do", file=sys.stderr)
             return self._result(min(p.epoch, r.train.epochs), self.resume_path)
+        if self.resume_path is not None and self._over_budget():  # stopped by the budget, resumed with the same one
+            return self._stop_for_budget(None, self.partial_loss, total_steps, saved=self.resume_path)
         bar = tqdm(total=total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (self.show_progress and self.world.is_main), file=sys.stderr)
         window: list[dict] = []  # this step's model inputs (CPU, augmented), kept to replay them after a CUDA OOM
@@ -252,6 +261,8 @@ class TrainingRun:
                         self._save("best" if improved else "periodic", step_loss)
                     if p.step >= total_steps:
                         break
+                    if self._over_budget():
+                        return self._stop_for_budget(bar, step_loss, total_steps)
                 if distributed.all_reduce_max(self.world, float(self.preempt.requested)) > 0:  # any process's signal
                     return self._stop_for_preemption(bar, step_loss)
             if p.step >= total_steps:
@@ -439,8 +450,12 @@ class TrainingRun:
                 rows = [i for i, d in enumerate(subset["domains"]) if d == domain]
                 s = score([subset["refs"][i] for i in rows], [hyps[i] for i in rows], e.normaliser)
                 record[f"wer/{domain}"], record[f"cer/{domain}"] = s.wer, s.cer
-            record.update(self.cost.fields())  # gpu_hours, cost_usd: CUDA runs with a price only
+            record.update(self.cost.fields())  # gpu_hours, cost_usd: when the recipe sets a price
             self.tracker.log(record)
+            projection = None if self.projected else self.budget.projection(p.step, self._total_steps())
+            if projection:
+                self.projected = True
+                self._event("cost_projection", projection)
             improved = p.best is None or overall.wer < p.best[0]
             if improved:
                 p.best = (overall.wer, ckpt.checkpoint_name(p.step))
@@ -507,6 +522,25 @@ class TrainingRun:
                 print(f"caspi: {requeue}", file=sys.stderr)
         return self._result(p.epoch, path, preempted=True)
 
+    def _over_budget(self) -> bool:
+        """Log the budget warnings due now; True when the run must stop (if any process says so: they all stop)."""
+        if not self.budget.active:
+            return False
+        for event, message in self.budget.notices():
+            self._event(event, message, **self.cost.fields())
+        return distributed.all_reduce_max(self.world, float(self.budget.should_stop())) > 0
+
+    def _stop_for_budget(self, bar, step_loss: torch.Tensor, total_steps: int, saved: Path | None = None
+                         ) -> TrainResult:
+        """Save (unless `saved`: a resume that found the budget spent) and stop. The event carries the cost so far,
+        so the next start carries it over even though it lies past the checkpoint's metrics offset."""
+        if bar is not None:
+            bar.close()
+        path = saved or self._save("over budget", step_loss)
+        self._event("over_budget", self.budget.stop_message(self.progress.step, total_steps, path),
+                    **self.cost.fields())
+        return self._result(self.progress.epoch, path, over_budget=True)
+
     # ============================================================================================== helpers
 
     def _total_steps(self) -> int:
@@ -518,10 +552,11 @@ class TrainingRun:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _result(self, epoch: int, checkpoint: Path | None, preempted: bool = False) -> TrainResult:
+    def _result(self, epoch: int, checkpoint: Path | None, preempted: bool = False,
+                over_budget: bool = False) -> TrainResult:
         p = self.progress
         return TrainResult(self.run_dir, p.step, epoch, preempted, p.last_loss, p.best[0] if p.best else None,
-                           checkpoint, is_main=self.world.is_main)
+                           checkpoint, is_main=self.world.is_main, over_budget=over_budget)
 
     def _log_step(self, result: StepResult, clips_per_s: float) -> None:
         p, losses = self.progress, result.losses
@@ -534,12 +569,13 @@ class TrainingRun:
                        if not g["name"].endswith(".no_decay")})
         record.update({"grad_norm": result.grad_norm, "samples_per_s": round(clips_per_s, 2),
                        "mem_gib": round(memory_gib(self.device), 3)})
-        record.update(self.cost.fields())  # gpu_hours, cost_usd: CUDA runs with a price only
+        record.update(self.cost.fields())  # gpu_hours, cost_usd: when the recipe sets a price
         self.tracker.log(record)
 
-    def _event(self, event: str, message: str) -> None:
+    def _event(self, event: str, message: str, **fields) -> None:
         if self.tracker is not None:
-            self.tracker.log({"kind": "event", "step": self.progress.step, "event": event, "message": message})
+            self.tracker.log({"kind": "event", "step": self.progress.step, "event": event, "message": message,
+                              **fields})
         if self.world.is_main and event != "checkpoint":
             print(f"caspi: {message}", file=sys.stderr)
 

@@ -10,13 +10,21 @@
 * `CostMeter`: GPU hours so far = processes × wall-clock hours since the training process started its setup, summed
   over every start of the run (a resume carries on from the last figure in metrics.jsonl, so time lost to a
   preemption and recomputed is counted: it was paid for). `cost_usd` = GPU hours × `hardware.price_per_gpu_hour`.
-  Logged only on CUDA and only when a price is set: a CPU run uses no GPU hours, so it logs no cost at all rather
-  than a misleading 0.
+  Counted whenever the recipe sets a price, on any device: a price in the recipe says the user pays for the machine
+  by the hour, a CPU instance included ("GPU hours" are then device hours). Without a price nothing is logged
+  rather than a misleading 0.
+* `Budget`: `hardware.budget_usd` against the meter. The loop asks it after every optimizer step: one warning at
+  `WARN_SHARE` (80 %) of the budget; at 100 % the loop saves a checkpoint and stops with `EXIT_OVER_BUDGET` (4), or,
+  with `hardware.over_budget: continue`, warns once and goes on. A resume of a stopped run carries the cost over,
+  so with the same budget it stops again at once; `hardware.budget_usd` and `hardware.over_budget` may change on a
+  resume (they are not part of the recipe fingerprint). `projection` is the cost of the whole run at the rate so
+  far, printed at the first eval.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import resource
 import sys
 import time
@@ -30,6 +38,8 @@ from caspi.errors import TrainingError
 # Cards report a little less than their nominal size (an A100-40GB shows 39.4 GiB, an H100-80GB 79.2 GiB), and
 # recipes give the nominal one: only a shortfall beyond this share warns.
 MEMORY_TOLERANCE = 0.05
+WARN_SHARE = 0.8  # of hardware.budget_usd: the one early warning
+EXIT_OVER_BUDGET = 4  # the CLI's exit code for a run the budget stopped (0-3 are taken, 143 is preemption)
 
 
 def device_memory_gib(device: torch.device) -> float | None:
@@ -67,9 +77,9 @@ def hardware_warnings(recipe, world_size: int, memory_gib: float | None) -> list
 class CostMeter:
     """GPU hours and cost so far (see the module docstring). `fields()` is what to add to a metrics record."""
 
-    def __init__(self, price_per_gpu_hour: float | None, world_size: int, device: torch.device,
+    def __init__(self, price_per_gpu_hour: float | None, world_size: int,
                  clock: Callable[[], float] = time.monotonic):
-        self.enabled = price_per_gpu_hour is not None and device.type == "cuda"
+        self.enabled = price_per_gpu_hour is not None
         self.price = price_per_gpu_hour
         self.world_size = world_size
         self.clock = clock
@@ -92,12 +102,98 @@ class CostMeter:
     def gpu_hours(self) -> float:
         return self.previous_gpu_hours + self.world_size * (self.clock() - self.started) / 3600
 
+    def cost_usd(self) -> float:
+        """USD so far; 0 without a price."""
+        return self.gpu_hours() * self.price if self.enabled else 0.0
+
     def fields(self) -> dict[str, float]:
-        """{"gpu_hours", "cost_usd"} so far, or {} when no price is set or the run is not on CUDA."""
+        """{"gpu_hours", "cost_usd"} so far, or {} when no price is set."""
         if not self.enabled:
             return {}
         hours = self.gpu_hours()
         return {"gpu_hours": round(hours, 6), "cost_usd": round(hours * self.price, 4)}
+
+
+class Budget:
+    """`hardware.budget_usd` and `hardware.over_budget` against a `CostMeter` (see the module docstring).
+
+    Inactive (every method a no-op) without a budget. `notices` and `should_stop` read the meter's clock afresh;
+    under DDP each process reads its own, so the loop reduces `should_stop` over the processes."""
+
+    def __init__(self, meter: CostMeter, budget_usd: float | None, over_budget: str = "stop"):
+        self.meter, self.budget, self.mode = meter, budget_usd, over_budget
+        self.warned = False  # the 80 % warning was given (at most once per start)
+        self.exceeded = False  # the 100 % notice was given (continue mode: at most once per start)
+
+    @property
+    def active(self) -> bool:
+        return self.budget is not None and self.meter.enabled
+
+    def notices(self) -> list[tuple[str, str]]:
+        """(event name, one-line message) of the warnings due now: `budget_warning` once at 80 %, and in continue
+        mode `over_budget` once at 100 %. Stop mode's 100 % is `should_stop` + `stop_message`."""
+        if not self.active:
+            return []
+        hours, found = self.meter.gpu_hours(), []
+        cost = hours * self.meter.price
+        if cost >= self.budget:
+            self.warned = True  # past 80 % too; in stop mode the loop stops now (`should_stop`)
+            if self.mode == "continue" and not self.exceeded:
+                self.exceeded = True
+                found.append(("over_budget", f"warning: cost so far {self._spent(hours)} reached "
+                                             f"hardware.budget_usd ${self.budget:g}; continuing "
+                                             "(hardware.over_budget = continue)"))
+        elif cost >= WARN_SHARE * self.budget and not self.warned:
+            self.warned = True
+            found.append(("budget_warning", f"warning: cost so far {self._spent(hours)} is {cost / self.budget:.0%} "
+                                            f"of hardware.budget_usd ${self.budget:g}; the run "
+                                            + ("goes on past it (hardware.over_budget = continue)"
+                                               if self.mode == "continue" else "saves and stops at 100 %")))
+        return found
+
+    def should_stop(self) -> bool:
+        return self.active and self.mode == "stop" and self.meter.cost_usd() >= self.budget
+
+    def stop_message(self, step: int, total_steps: int, checkpoint: Path | None) -> str:
+        """Why the run stopped and how to go on; the same words whether the budget ran out now or was already
+        spent when a resume started."""
+        hours = self.meter.gpu_hours()
+        cost = hours * self.meter.price
+        projected = cost / step * total_steps if step else cost
+        raise_to = _round_up(max(projected, cost) * 1.1)  # a margin over the rate so far
+        return (f"cost so far {self._spent(hours)} reached hardware.budget_usd ${self.budget:g} at step {step} of "
+                f"{total_steps}; stopped with the checkpoint {checkpoint}. To go on, raise the budget and run the "
+                f"same command again with hardware.budget_usd={raise_to:g} appended (about the whole run at the "
+                "rate so far, +10 %), or with hardware.over_budget=continue")
+
+    def projection(self, step: int, total_steps: int) -> str | None:
+        """The cost of all `total_steps` at the cost per step so far; None without a price or before a step."""
+        if not self.meter.enabled or step <= 0:
+            return None
+        hours = self.meter.gpu_hours()
+        cost = hours * self.meter.price
+        projected = cost / step * total_steps
+        text = (f"projected cost of the run: ${projected:.2f} for {total_steps} steps ({self._spent(hours)} after "
+                f"{step})")
+        if self.budget is not None:
+            if projected > self.budget:
+                affordable = int(self.budget / cost * step)  # cost > 0: projected > budget > 0
+                text += (f"; over hardware.budget_usd ${self.budget:g}, which pays for about {affordable} steps "
+                         f"(over_budget: {self.mode})")
+            else:
+                text += f"; {projected / self.budget:.0%} of hardware.budget_usd ${self.budget:g}"
+        return text
+
+    def _spent(self, hours: float) -> str:
+        return f"${hours * self.meter.price:.2f} ({hours:.3f} GPU-hours × ${self.meter.price:g})"
+
+
+def _round_up(x: float) -> float:
+    """`x` rounded up to two significant digits (1234.5 → 1300, 0.000123 → 0.00013); a figure to type."""
+    if x <= 0:
+        return 0.0
+    unit = 10.0 ** (math.floor(math.log10(x)) - 1)
+    return round(math.ceil(x / unit - 1e-9) * unit, 12)
 
 
 def pick_device(recipe, local_rank: int, cpu_fallback: bool):
