@@ -15,7 +15,8 @@ setup: $(STAMP)
 
 # torch first, with an exact pin, from TORCH_INDEX when set (the CPU build for a CPU-only machine); otherwise from
 # the default index, whose Linux torch is the CUDA build. Then Caspi, then espeak-ng and chromium (the report's browser
-# test; each fails when it cannot install its package).
+# test; each fails when it cannot install its package), then slurm-wlm and munge (tests/slurm's one-node cluster; the
+# same rule: installed, or the set-up stops and says the one command to run).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -23,6 +24,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@scripts/ensure-espeak
 	@scripts/ensure-chromium
+	@scripts/ensure-slurm
 	touch $(STAMP)
 
 # The main job (`caspi demo`, src/caspi/demo.py): synthesise Round 1's clean studio data and Round 2's noisy data of

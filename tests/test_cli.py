@@ -16,7 +16,7 @@ def test_subcommand_surface_is_pinned():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == {"validate-recipe", "synth", "import", "stats", "audit", "train", "export", "eval",
-                                "compare", "convert", "report", "demo", "plan", "doctor"}
+                                "compare", "convert", "report", "demo", "plan", "doctor", "slurm"}
 
 
 def test_validate_recipe_ok(capsys):

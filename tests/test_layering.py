@@ -37,6 +37,8 @@ LAYERS = {
     "caspi.report": 6,  # reads what audit, eval and train write
     "caspi.doctor": 6.5,  # pre-flight checks: the machine, the credentials, the audit gate and the plan
     "caspi.testing": 7,
+    "caspi.slurm": 7.2,  # `caspi slurm`: the sbatch script (runs doctor and plan, then the trainer) and its submission
+    "caspi.slurm_cluster": 7.5,  # a one-node SLURM cluster for tests and benchmarks: stdlib and caspi.errors only
     "caspi.demo": 8,  # the Round-2 workflow: runs the commands the CLI passes it
     "caspi.cli": 9,
     "caspi.__main__": 10,  # `python -m caspi`: runs the CLI

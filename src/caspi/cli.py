@@ -247,6 +247,25 @@ def cmd_plan(args) -> int:
     return EXIT_OK
 
 
+def cmd_slurm(args) -> int:
+    from pathlib import Path
+
+    from caspi.slurm import SCRIPT_NAME, job_script, submit, write_script
+
+    text = job_script(_recipe(args), args.recipe, args.out, args.overrides, nodes=args.nodes,
+                      gpus_per_node=args.gpus_per_node, partition=args.partition, account=args.account,
+                      time=args.time)
+    path = write_script(text, args.script or Path(args.out) / SCRIPT_NAME, run_dir=args.out)
+    if not args.submit:
+        print(f"wrote {path}\n  submit it with: sbatch {path}")
+        return EXIT_OK
+    job = submit(path)
+    # stdout is the job id alone, as `sbatch --parsable` prints it: JOB=$(caspi slurm ... --submit)
+    print(f"caspi: wrote {path}; submitted job {job}, log {Path(args.out) / f'slurm-{job}.log'}", file=sys.stderr)
+    print(job)
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from caspi.demo import run_demo
 
@@ -420,10 +439,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds each network check may take")
     p.add_argument("--json", action="store_true", help="print JSON (for CI) instead of one line a check")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("slurm", help="write (--submit: and submit) an sbatch script that runs doctor, plan and the "
+                                      "trainer of a recipe; warned or preempted, it saves, requeues itself, resumes")
+    p.add_argument("--recipe", required=True, help="recipe YAML; overrides such as train.max_steps=100 may follow (the "
+                                                   "job passes them to every command)")
+    p.add_argument("--out", required=True, help="the run folder; the job's log is OUT/slurm-<job id>.log")
+    p.add_argument("--nodes", type=int, help="nodes (default: hardware.nodes)")
+    p.add_argument("--gpus-per-node", type=int, help="GPUs (processes) per node (default: hardware.gpus_per_node)")
+    p.add_argument("--partition", help="SLURM partition (default: slurm.partition, else the cluster's)")
+    p.add_argument("--account", help="SLURM account (default: slurm.account)")
+    p.add_argument("--time", help="time limit, e.g. 1-00:00:00 (default: slurm.time, else the partition's)")
+    p.add_argument("--script", help="where to write the script (default: OUT/job.sbatch)")
+    p.add_argument("--submit", action="store_true", help="submit it with sbatch and print the job id")
+    p.set_defaults(func=cmd_slurm)
     return parser
 
 
-RECORDED = {"synth", "audit", "train", "eval", "compare", "report"}  # commands whose --out folder lists them
+RECORDED = {"synth", "audit", "train", "eval", "compare", "report", "slurm"}  # commands whose --out folder lists them
 
 
 def _record(args, argv: list[str], code: int, started: float) -> None:

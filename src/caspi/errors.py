@@ -55,3 +55,8 @@ class CheckpointError(CaspiError):
 class TrainingError(CaspiError):
     """The run cannot go on (e.g. too many non-finite losses in a row, CUDA asked for but absent); the message says
     what to change."""
+
+
+class SchedulerError(CaspiError):
+    """A batch scheduler (SLURM) failed: a daemon of the test cluster did not start, a command such as `sbatch` was
+    refused, or a job did not reach the expected state in time. The message names the command or job and the log."""

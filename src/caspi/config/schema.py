@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from caspi.errors import ConfigError
 from caspi.models import get_family
@@ -326,6 +327,101 @@ class TrackingConfig(_Section):
     wandb_project: str = "caspi"
 
 
+# SLURM's --time forms: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
+# days-hours:minutes:seconds (sbatch(1)).
+_SLURM_TIME = re.compile(r"^(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
+                         r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)$")
+_SLURM_MEM = re.compile(r"^\d+[KMGT]?$")  # sbatch --mem: a size per node, megabytes without a unit; 0: all of it
+# sbatch options `caspi slurm` writes itself (`caspi.slurm`): in slurm.extra they would contradict the script.
+_SBATCH_OWN = {
+    "--nodes": "hardware.nodes (or --nodes)", "-N": "hardware.nodes (or --nodes)",
+    "--ntasks": "caspi slurm (one launcher task per node)", "-n": "caspi slurm (one launcher task per node)",
+    "--ntasks-per-node": "caspi slurm (one launcher task per node)",
+    "--gres": "hardware.gpus_per_node (or --gpus-per-node)", "--gpus": "hardware.gpus_per_node (or --gpus-per-node)",
+    "-G": "hardware.gpus_per_node (or --gpus-per-node)",
+    "--gpus-per-node": "hardware.gpus_per_node (or --gpus-per-node)",
+    "--partition": "slurm.partition (or --partition)", "-p": "slurm.partition (or --partition)",
+    "--account": "slurm.account (or --account)", "-A": "slurm.account (or --account)",
+    "--time": "slurm.time (or --time)", "-t": "slurm.time (or --time)",
+    "--cpus-per-task": "slurm.cpus_per_task", "-c": "slurm.cpus_per_task", "--mem": "slurm.mem",
+    "--signal": "slurm.grace_seconds", "--requeue": "caspi slurm (the job requeues itself)",
+    "--no-requeue": "caspi slurm (the job requeues itself)", "--open-mode": "caspi slurm (the log is appended)",
+    "--output": "caspi slurm (RUN/slurm-%j.log)", "-o": "caspi slurm (RUN/slurm-%j.log)",
+    "--error": "caspi slurm (RUN/slurm-%j.log)", "-e": "caspi slurm (RUN/slurm-%j.log)",
+}
+
+
+def slurm_time_seconds(text: str) -> int | None:
+    """Seconds of a SLURM --time value ("90", "2:00:00", "1-12", "3-00:00:00"); None for UNLIMITED / INFINITE.
+    ValueError for anything else."""
+    if text.strip().upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    m = _SLURM_TIME.match(text.strip())
+    if m is None:
+        raise ValueError(f"time: {text!r} is not a SLURM time limit; use minutes (\"90\"), \"HH:MM:SS\", \"D-HH\", "
+                         "\"D-HH:MM\", \"D-HH:MM:SS\" or UNLIMITED")
+    g = {k: int(v) for k, v in m.groupdict().items() if v is not None}
+    if "d" in g:
+        return ((g["d"] * 24 + g["dh"]) * 60 + g.get("dm", 0)) * 60 + g.get("ds", 0)
+    if "c" in g:  # hours:minutes:seconds
+        return (g["a"] * 60 + g["b"]) * 60 + g["c"]
+    return g["a"] * 60 + g.get("b", 0)  # minutes[:seconds]
+
+
+class SlurmConfig(_Section):
+    """The sbatch script's settings besides the hardware block (`caspi slurm`, `caspi.slurm`); None leaves each to
+    the cluster's default. Where and how long a job runs, not what it computes: never part of the fingerprint."""
+
+    partition: str | None = Field(None, min_length=1)
+    account: str | None = Field(None, min_length=1)
+    time: str | None = None  # --time: "90" (minutes), "HH:MM:SS", "D-HH:MM:SS", UNLIMITED
+    # --signal=B:USR1@grace: seconds before the time limit at which the job shell is warned; the trainer saves,
+    # requeues the job and exits. Must cover one checkpoint save; SLURM may send it up to 60 s early.
+    grace_seconds: int = Field(120, ge=10, le=65535)
+    cpus_per_task: int | None = Field(None, ge=1)  # CPUs per node: the launcher task, its trainers and loaders
+    mem: str | None = None  # memory per node: "200G", "0" (all of it); megabytes without a unit
+    setup: list[str] = Field(default_factory=list)  # shell lines run first, e.g. "module load cuda/12.4"
+    extra: list[str] = Field(default_factory=list)  # more #SBATCH options, e.g. "--qos=high", "--constraint=a100"
+    python: str | None = Field(None, min_length=1)  # the interpreter on the nodes; None: the one writing the script
+
+    @field_validator("partition", "account", "time", "mem", mode="before")
+    @classmethod
+    def _number_as_text(cls, value):
+        """YAML reads `time: 90`, `mem: 0` or a numeric account as numbers; sbatch takes them as text."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    def problems(self) -> list[str]:
+        """Every value sbatch would refuse or that contradicts the script, as "slurm.<field>: ..." lines
+        (`cross_checks` reports them with the recipe's; `caspi.slurm` checks the flags' values the same way)."""
+        problems = []
+        limit = None
+        if self.time is not None:
+            try:
+                limit = slurm_time_seconds(self.time)
+            except ValueError as exc:
+                problems.append(f"slurm.{exc}")
+        if limit is not None and self.grace_seconds >= limit:
+            problems.append(f"slurm.grace_seconds: {self.grace_seconds} s is not shorter than slurm.time "
+                            f"{self.time!r} ({limit} s): the job would be warned before it starts")
+        if self.mem is not None and not _SLURM_MEM.match(self.mem):
+            problems.append(f"slurm.mem: {self.mem!r} is not a size per node; use e.g. \"200G\", \"64000\" (MB) or "
+                            "\"0\" (all of it)")
+        for i, line in enumerate(self.extra):
+            option = re.split(r"[=\s]", line, maxsplit=1)[0]
+            if not line.startswith("-") or "\n" in line:
+                problems.append(f"slurm.extra.{i}: {line!r} is not one sbatch option (e.g. \"--qos=high\")")
+            elif option in _SBATCH_OWN:
+                problems.append(f"slurm.extra.{i}: {option} is set by {_SBATCH_OWN[option]}")
+        for i, line in enumerate(self.setup):
+            if "\n" in line or not line.strip():
+                problems.append(f"slurm.setup.{i}: {line!r}: give one non-empty shell line per item")
+        for name in ("partition", "account", "python"):
+            value = getattr(self, name)
+            if value is not None and (value != value.strip() or any(c in value for c in "\n\r")):
+                problems.append(f"slurm.{name}: {value!r} has spaces or line breaks around it")
+        return problems
+
+
 class Recipe(_Section):
     name: str
     description: str = ""
@@ -340,6 +436,7 @@ class Recipe(_Section):
     audit: AuditConfig = AuditConfig()
     gate: GateConfig = GateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    slurm: SlurmConfig = SlurmConfig()
 
     @property
     def grad_accumulation(self) -> int:
@@ -358,8 +455,11 @@ class Recipe(_Section):
     def fingerprint(self, without: tuple[str, ...] | list[str] = ()) -> str:
         """sha256 of the resolved recipe: a resumed run must carry the same one. `without`: dotted fields left out,
         as a Caspi that did not have them yet computed it (`caspi.train.state.added_at_default`). The budget
-        (`HardwareConfig.RESUMABLE`) is always left out: raising it is how a run stopped by it goes on."""
+        (`HardwareConfig.RESUMABLE`) is always left out: raising it is how a run stopped by it goes on. The slurm
+        section counts at its defaults, whatever it holds: a requeued or resubmitted job may change its partition or
+        time limit (its defaults, not nothing, so that fingerprints of runs started before it existed still match)."""
         data = self.to_dict()
+        data["slurm"] = SlurmConfig().model_dump(mode="json")
         for dotted in dict.fromkeys([*without, *(f"hardware.{key}" for key in HardwareConfig.RESUMABLE)]):
             *path, last = dotted.split(".")
             node = data
@@ -432,6 +532,7 @@ def cross_checks(recipe: Recipe) -> list[str]:
         problems.append(f"model.name_or_path: {recipe.model.name_or_path!r} is a Qwen3-ASR model but "
                         "model.family is whisper")
     problems += _family_checks(recipe)
+    problems += recipe.slurm.problems()
     return problems
 
 

@@ -46,7 +46,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from caspi.audit.gate import check_gate
 from caspi.config import PhaseConfig, Recipe
@@ -66,6 +65,7 @@ from caspi.train.batches import count_batches, epoch_batches, eval_subset, model
 from caspi.train.distributed import World
 from caspi.train.export import export_model
 from caspi.train.preempt import PreemptionFlag, request_requeue
+from caspi.train.progress import ProgressDisplay
 from caspi.train.resources import Budget, CostMeter, device_memory_gib, hardware_warnings, memory_gib, pick_device
 from caspi.train.state import CTC_HEAD, CTC_HEAD_PREFIX, Progress
 from caspi.train.track import METRICS_FILE, Tracker
@@ -109,7 +109,7 @@ class TrainingRun:
                  cpu_fallback: bool, progress: bool, new_data: bool = False):
         self.recipe, self.run_dir, self.overrides = recipe, run_dir, overrides
         self.force_gate, self.cpu_fallback, self.new_data = force_gate, cpu_fallback, new_data
-        self.show_progress = progress  # the progress bar (rank 0 only)
+        self.show_progress = progress  # a bar on a terminal, plain lines in a log (rank 0 only; caspi.train.progress)
         self.world = World.from_env()  # torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; a plain process is a world of one
         self.preempt = PreemptionFlag()
         self.tracker: Tracker | None = None
@@ -212,8 +212,8 @@ class TrainingRun:
             return self._result(min(p.epoch, r.train.epochs), self.resume_path)
         if self.resume_path is not None and self._over_budget():  # stopped by the budget, resumed with the same one
             return self._stop_for_budget(None, self.partial_loss, total_steps, saved=self.resume_path)
-        bar = tqdm(total=total_steps, initial=p.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not (self.show_progress and self.world.is_main), file=sys.stderr)
+        display = ProgressDisplay(total_steps, initial=p.step, epochs=r.train.epochs,
+                                  enabled=self.show_progress and self.world.is_main)
         window: list[dict] = []  # this step's model inputs (CPU, augmented), kept to replay them after a CUDA OOM
         step_loss = self.partial_loss  # (loss, ce, ctc) ÷ accum of this step's micro-batches so far
         t_log, clips_since_log, clips_per_s = time.perf_counter(), 0, 0.0  # clips/s: all processes
@@ -252,8 +252,9 @@ class TrainingRun:
                         clips_per_s = clips_since_log / max(time.perf_counter() - t_log, 1e-9)
                         self._log_step(result, clips_per_s)
                         t_log, clips_since_log = time.perf_counter(), 0
-                    bar.set_postfix_str(self._postfix(result.loss, clips_per_s), refresh=False)  # drawn by update()
-                    bar.update(1)
+                    display.step(p.step, epoch=p.epoch, phase=p.phase, loss=result.loss,
+                                 lr=self.optimizer.param_groups[0]["lr"], clips_per_s=clips_per_s,
+                                 mem_gib=memory_gib(self.device))
                     improved = False
                     if self.eval_every and p.step % self.eval_every == 0:
                         improved = self._evaluate()
@@ -262,13 +263,13 @@ class TrainingRun:
                     if p.step >= total_steps:
                         break
                     if self._over_budget():
-                        return self._stop_for_budget(bar, step_loss, total_steps)
+                        return self._stop_for_budget(display, step_loss, total_steps)
                 if distributed.all_reduce_max(self.world, float(self.preempt.requested)) > 0:  # any process's signal
-                    return self._stop_for_preemption(bar, step_loss)
+                    return self._stop_for_preemption(display, step_loss)
             if p.step >= total_steps:
                 break  # max_steps reached inside the epoch
             p.epoch = epoch + 1  # this epoch ran out of batches
-        bar.close()
+        display.close("done")
         if self.eval_every and (p.step % self.eval_every != 0):
             self._evaluate()
         final = self._save("final", step_loss)
@@ -510,9 +511,9 @@ class TrainingRun:
                   + (f", {p.micro} micro-batches into the step" if p.micro else ""), file=sys.stderr)
         return partial_loss
 
-    def _stop_for_preemption(self, bar, step_loss: torch.Tensor) -> TrainResult:
+    def _stop_for_preemption(self, display: ProgressDisplay, step_loss: torch.Tensor) -> TrainResult:
         p = self.progress
-        bar.close()
+        display.close(f"stopped by {self.preempt.name}")
         path = self._save(f"preempted by {self.preempt.name}", step_loss)
         if self.world.is_main:
             print(f"caspi: {self.preempt.name} received: saved {path} (step {p.step}, epoch {p.epoch}, "
@@ -530,12 +531,12 @@ class TrainingRun:
             self._event(event, message, **self.cost.fields())
         return distributed.all_reduce_max(self.world, float(self.budget.should_stop())) > 0
 
-    def _stop_for_budget(self, bar, step_loss: torch.Tensor, total_steps: int, saved: Path | None = None
-                         ) -> TrainResult:
+    def _stop_for_budget(self, display: ProgressDisplay | None, step_loss: torch.Tensor, total_steps: int,
+                         saved: Path | None = None) -> TrainResult:
         """Save (unless `saved`: a resume that found the budget spent) and stop. The event carries the cost so far,
         so the next start carries it over even though it lies past the checkpoint's metrics offset."""
-        if bar is not None:
-            bar.close()
+        if display is not None:
+            display.close("stopped over budget")
         path = saved or self._save("over budget", step_loss)
         self._event("over_budget", self.budget.stop_message(self.progress.step, total_steps, path),
                     **self.cost.fields())
@@ -578,11 +579,6 @@ class TrainingRun:
                               **fields})
         if self.world.is_main and event != "checkpoint":
             print(f"caspi: {message}", file=sys.stderr)
-
-    def _postfix(self, loss: float | None, clips_per_s: float) -> str:
-        lr = self.optimizer.param_groups[0]["lr"]
-        text = "skipped" if loss is None else f"{loss:.3f}"
-        return f"loss {text} lr {lr:.2e} {clips_per_s:.1f} clips/s mem {memory_gib(self.device):.2f} GiB"
 
     def _print_start(self, n_cuts: int, batches_per_epoch: int) -> None:
         if not self.world.is_main:
