@@ -147,7 +147,7 @@ def test_measure_times_real_training_steps_of_a_tiny_recipe(capsys, synth_corpus
                       "train.micro_batch=4", "train.effective_batch=4", "--price", "1")
     tp = plan["throughput"]
     assert tp["source"] == "measured" and tp["samples_per_s_per_gpu"] > 0
-    assert "4 timed steps of the trainer, phase scratch, micro-batch 4 of the longest clips" in tp["detail"]
+    assert "8 timed steps of the trainer, phase scratch, micro-batch 4 of the longest clips" in tp["detail"]
     one = plan["table"][0]
     clips, steps = plan["data"]["clips"], one["total_steps"]
     assert one["hours"] == pytest.approx(clips * 20 / tp["samples_per_s_per_gpu"] / 3600)  # 20 epochs

@@ -55,10 +55,10 @@ DDP_EFFICIENCY = 0.9
 # cuts here, ~22 s for 100,000, once per GPU count); larger ones the packing estimate.
 EXACT_COUNT_CUTS = 20_000
 
-# --measure: optimizer steps of the real trainer, the first of which (allocator, kernel selection, first
-# DataLoader iterator) is not timed.
-MEASURE_STEPS = 5
-MEASURE_WARMUP_STEPS = 1
+# --measure: optimizer steps of the real trainer, the first two of which (allocator, kernel selection, first
+# DataLoader iterator) are not timed.
+MEASURE_STEPS = 10
+MEASURE_WARMUP_STEPS = 2
 
 
 @dataclass(frozen=True)
