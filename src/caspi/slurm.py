@@ -43,6 +43,11 @@ a worker that records each signal, sleeps as a save would and exits 143):
 - Signalling the workers directly instead: they exit 143, torchrun reports `ChildFailedError` and exits 1.
 - srun (from Slurm's source, `_srun_signal_mgr`): USR1 and USR2 are passed to every task; TERM and HUP become SIGKILL
   of every task ("forcing job termination"). So the job shell must pass USR1, never TERM, to srun.
+- A signal srun passes on reaches every process of the step, not just the task: slurmstepd signals the step's whole
+  process container (measured on a two-node test cluster, `caspi.slurm_cluster`): torchrun got srun's USR1 and died,
+  its trainers ran on as orphans, and the task ended at once, which on a cluster that tracks processes by cgroup
+  SIGKILLs those trainers mid-save. So the per-node bash starts torchrun with USR1 ignored (`caspi_no_usr1`: an
+  ignored signal stays ignored through exec; the trainer's own handler replaces it in the trainers).
 
 Hence `caspi_run SIGNAL COMMAND...` in the script: it runs the launcher in the background, traps USR1 and TERM,
 passes the first one on once as SIGNAL (TERM to torchrun, USR1 to srun, whose per-node bash passes TERM to its
@@ -53,8 +58,10 @@ and however many times. The trainers' own TERMs from SLURM (requeue and preempti
 come on top; the trainer's handler only records a flag, so more than one is harmless.
 
 Limits: a multi-node job that SLURM itself stops without a grace (`scancel`, an administrator's `scontrol requeue`)
-loses the srun tasks at once (srun turns its TERM into SIGKILL); the time-limit warning, the trainer's own requeue
-and partition preemption with a `GraceTime` (srun's tasks get TERM first) all save. A stop that arrives while the
+could lose the srun tasks at once (srun turns its TERM into SIGKILL). On the two-node test cluster (Slurm 22.05.8)
+it did not: srun's SIGKILL came after the job had left RUNNING and never reached the tasks, which had slurmd's TERM
+and saved within KillWait (tests/slurm/test_jobs.py). The time-limit warning, the trainer's own requeue and
+partition preemption with a `GraceTime` (srun's tasks get TERM first) all save. A stop that arrives while the
 trainers are still starting (before their handlers are installed) ends them unsaved and, with no trainer to ask for
 it, the job is not requeued.
 """
@@ -251,13 +258,21 @@ def job_script(recipe: Recipe, recipe_path: str | Path, run_dir: str | Path, ove
         cpus = f" --cpus-per-task={settings.cpus_per_task}" if settings.cpus_per_task is not None else ""
         lines += [
             f"# {n} nodes: srun starts one bash per node, which runs torchrun ({g} processes) and turns srun's USR1",
-            "# into TERM for it; c10d rendezvous on the first node (CASPI_RDZV_PORT overrides the port).",
+            "# into TERM for it (torchrun, which gets srun's USR1 too, ignores that); c10d rendezvous on the first",
+            "# node (CASPI_RDZV_PORT overrides the port).",
             'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
             f"PORT=${{CASPI_RDZV_PORT:-$(( {RDZV_PORT_BASE} + SLURM_JOB_ID % {RDZV_PORT_SPAN} ))}}",
             'echo "caspi job: rendezvous on $HEAD:$PORT"',
+            "# caspi_no_usr1 COMMAND...: exec COMMAND with USR1 ignored (torchrun keeps that; a trainer installs its",
+            "# own handler): srun passes USR1 to every process of its step, and USR1 kills torchrun.",
+            "caspi_no_usr1() {",
+            "  trap '' USR1",
+            '  exec "$@"',
+            "}",
             "rc=0",
             f"caspi_run USR1 srun --nodes={n} --ntasks-per-node=1{cpus} \\",
-            '  bash -c "$(declare -f caspi_pass caspi_traps caspi_run); caspi_traps; caspi_run TERM \\"\\$@\\"" '
+            '  bash -c "$(declare -f caspi_pass caspi_traps caspi_run caspi_no_usr1); caspi_traps; '
+            'caspi_run TERM caspi_no_usr1 \\"\\$@\\"" '
             "caspi-node \\",
             f'  "$PY" -m torch.distributed.run --nnodes {n} --nproc_per_node {g} --rdzv_backend c10d \\',
             '  --rdzv_endpoint "$HEAD:$PORT" --rdzv_id "$SLURM_JOB_ID" \\',

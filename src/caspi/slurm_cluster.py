@@ -1,4 +1,4 @@
-"""A real one-node SLURM cluster in a folder, started and stopped from Python: for tests and benchmarks.
+"""A real SLURM cluster of one node (or a few) in a folder, started and stopped from Python: for tests and benchmarks.
 
 `SlurmCluster(root).start()` runs Debian's `slurm-wlm` daemons as this (root) user: `munged` (as the munge user, with
 its own key and socket), `slurmctld` and `slurmd -N node1`, each in the foreground under this process so that
@@ -12,6 +12,18 @@ the CPUs `slurmd -C` reports, `RealMemory` set (else every `--mem` is rejected),
 accounting, `JobRequeue=1`, and `AuthInfo=cred_expire=5` with a one-second scheduler so that a requeued job restarts in
 seconds rather than after the default two minutes. Memory is not a consumable resource here (`CR_Core`), so jobs
 share the node's memory and only CPUs limit how many run at once.
+
+`SlurmCluster(root, nodes=2)` runs one `slurmd -N nodeK` per node on this host (measured with Debian's 22.05.8, which
+is not built with --enable-multiple-slurmd: the per-node `Port=` and `%n` in the slurmd paths work all the same):
+node K on 127.0.0.K (all of 127/8 is loopback on Linux) with its own port, spool folder, pid file and log, each
+declaring the CPUs of the whole machine. Real clusters resolve their node names, and jobs rely on it (torchrun's
+rendezvous on the first node of `$SLURM_JOB_NODELIST`), so each slurmd runs in a private mount namespace
+(`unshare --mount`, needs CAP_SYS_ADMIN) where /etc/hosts is this machine's file plus `127.0.0.K nodeK`: its jobs
+resolve the node names, nothing else on the machine sees them.
+
+Unlike a cluster that tracks processes by cgroup, linuxproc finds a step's processes by parentage: one whose parent
+died (a trainer orphaned by its torchrun) escapes it, and the step's end does not SIGKILL it here. A job that loses its
+launcher can therefore look fine on this cluster: check the launcher itself (its log lines, its exit) in tests.
 
 Needs root and the packages `scripts/ensure-slurm` installs; imports only the standard library and caspi.errors.
 """
@@ -43,6 +55,7 @@ PROGRAMS = {  # program → the Debian package that has it (scripts/ensure-slurm
     "scontrol": "slurm-wlm",
     "squeue": "slurm-wlm",
     "scancel": "slurm-wlm",
+    "unshare": "util-linux",  # only for several nodes (their slurmds' mount namespaces)
 }
 SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")  # where Debian puts the daemons (not on every user's PATH)
 # States a job does not leave by itself: waiting for another one of them is pointless.
@@ -94,16 +107,20 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 class SlurmCluster:
-    """One node (`node1`, partition `debug`) on 127.0.0.1 whose files lie under `root`.
+    """One node (`node1`, partition `debug`) on 127.0.0.1 whose files lie under `root`; with `nodes=N`, the nodes
+    node1 … nodeN on 127.0.0.1 … 127.0.0.N, all in partition `debug` (see the module docstring).
 
-    `cpus` and `memory_mb` default to what `slurmd -C` reports; fewer (or more) CPUs may be declared, e.g. to run
-    several jobs at once on few cores. Use as a context manager, or call `start()` and `stop()`.
+    `cpus` and `memory_mb` (per node) default to what `slurmd -C` reports; fewer (or more) CPUs may be declared, e.g.
+    to run several jobs at once on few cores. Use as a context manager, or call `start()` and `stop()`.
     """
 
-    def __init__(self, root: Path, cpus: int | None = None, memory_mb: int | None = None):
+    def __init__(self, root: Path, cpus: int | None = None, memory_mb: int | None = None, nodes: int = 1):
+        if not 1 <= nodes <= 254:
+            raise SchedulerError(f"a SLURM test cluster has 1 to 254 nodes (127.0.0.1 to .254), not {nodes}")
         self.root = Path(root).resolve()
         self.cpus = cpus
         self.memory_mb = memory_mb
+        self.nodes = [f"node{k}" for k in range(1, nodes + 1)]  # node K listens on 127.0.0.K
         self.conf = self.root / "slurm.conf"
         self.log_dir = self.root / "log"
         self.munge_dir: Path | None = None
@@ -117,21 +134,31 @@ class SlurmCluster:
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
     def start(self, timeout: float = 30.0) -> SlurmCluster:
-        """Start munged, slurmctld and slurmd, and return once the node is idle (SchedulerError after `timeout` s,
-        with the daemons' log tails)."""
+        """Start munged, slurmctld and slurmd (one per node), and return once the nodes are idle (SchedulerError
+        after `timeout` s, with the daemons' log tails)."""
         if self._procs:
             raise SchedulerError(f"the cluster under {self.root} is already running")
         if os.geteuid() != 0:
             raise DependencyError("a SLURM test cluster needs root (slurmd runs jobs as their user, munged as munge)")
-        programs = {name: find_program(name) for name in PROGRAMS}
-        for sub in ("state", "spool", "log", "run"):
+        programs = {name: find_program(name) for name in PROGRAMS if name != "unshare" or len(self.nodes) > 1}
+        spools = ["spool"] if len(self.nodes) == 1 else [f"spool-{node}" for node in self.nodes]  # slurm.conf's
+        for sub in ("state", "log", "run", *spools):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         atexit.register(self.stop)  # daemons outlive a crashed test session otherwise
         try:
             socket_path = self._start_munged(programs["munged"])
             self._write_conf(socket_path)
             self._spawn("slurmctld", [programs["slurmctld"], "-D", "-f", str(self.conf)])
-            self._spawn("slurmd", [programs["slurmd"], "-D", "-N", NODE, "-f", str(self.conf)])
+            if len(self.nodes) == 1:
+                self._spawn("slurmd", [programs["slurmd"], "-D", "-N", NODE, "-f", str(self.conf)])
+            else:
+                hosts = self._write_hosts(programs["unshare"])
+                for node in self.nodes:
+                    # unshare execs sh, which execs slurmd: the PID stop() signals is slurmd's
+                    self._spawn(f"slurmd-{node}", [
+                        programs["unshare"], "--mount", "--propagation", "private", "sh", "-c",
+                        'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts),
+                        programs["slurmd"], "-D", "-N", node, "-f", str(self.conf)])
             self._wait_idle(timeout)
         except BaseException:
             self.stop()
@@ -160,6 +187,21 @@ class SlurmCluster:
         self._wait_for(lambda: sock.exists(), 10.0, "munged to create its socket")
         return sock
 
+    def _write_hosts(self, unshare: str) -> Path:
+        """This machine's /etc/hosts plus a line per node: the file the slurmds' mount namespaces see. DependencyError
+        when no mount namespace can be made here (a container without CAP_SYS_ADMIN)."""
+        probe = subprocess.run([unshare, "--mount", "--propagation", "private", "true"],
+                               capture_output=True, text=True, timeout=30)
+        if probe.returncode != 0:
+            raise DependencyError(f"a SLURM test cluster of {len(self.nodes)} nodes runs each slurmd in a private "
+                                  "mount namespace (so that jobs resolve the node names), and `unshare --mount` failed "
+                                  "here "
+                                  f"(exit {probe.returncode}: {probe.stderr.strip()}); it needs CAP_SYS_ADMIN")
+        hosts = self.root / "run" / "hosts"
+        nodes = "".join(f"127.0.0.{k} {node}\n" for k, node in enumerate(self.nodes, start=1))
+        hosts.write_text(Path("/etc/hosts").read_text().rstrip("\n") + "\n# caspi test cluster nodes\n" + nodes)
+        return hosts
+
     def _write_conf(self, munge_socket: Path) -> None:
         hw = node_hardware()
         cpus = self.cpus or hw["CPUs"]
@@ -170,12 +212,20 @@ class SlurmCluster:
             layout = f"Boards=1 SocketsPerBoard=1 CoresPerSocket={cpus} ThreadsPerCore=1"
         memory = self.memory_mb or hw["RealMemory"]
         r = self.root
+        slurmd_port = free_port()
+        several = len(self.nodes) > 1  # several slurmd on this host: a port each, per node (%n) spool, pid file, log
+        per_node = "-%n" if several else ""
+        node_lines = "\n".join(
+            f"NodeName={node} NodeAddr=127.0.0.{k}"
+            + (f" Port={slurmd_port if k == 1 else free_port()}" if several else "")
+            + f" CPUs={cpus} {layout} RealMemory={memory} State=UNKNOWN" for k, node in enumerate(self.nodes, start=1))
         self.conf.write_text(f"""\
-# A one-node test cluster written by caspi.slurm_cluster (see its docstring and ../shared/REFERENCE.md).
+# A test cluster of {len(self.nodes)} node(s) written by caspi.slurm_cluster (see its docstring and
+# ../shared/REFERENCE.md).
 ClusterName=caspi
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
+SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -183,11 +233,11 @@ CredType=cred/munge
 # A requeued job waits for its credential to expire before it may start again: 5 s instead of 120 s.
 AuthInfo=socket={munge_socket},cred_expire=5
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool
+SlurmdSpoolDir={r}/spool{per_node}
 SlurmctldPidFile={r}/run/slurmctld.pid
-SlurmdPidFile={r}/run/slurmd.pid
+SlurmdPidFile={r}/run/slurmd{per_node}.pid
 SlurmctldLogFile={self.log_dir}/slurmctld.log
-SlurmdLogFile={self.log_dir}/slurmd.log
+SlurmdLogFile={self.log_dir}/slurmd{per_node}.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -203,8 +253,8 @@ SchedulerParameters=bf_interval=1,sched_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 {"SlurmdParameters=config_overrides" if cpus != hw["CPUs"] else ""}
-NodeName={NODE} NodeAddr=127.0.0.1 CPUs={cpus} {layout} RealMemory={memory} State=UNKNOWN
-PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
+{node_lines}
+PartitionName={PARTITION} Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
 """)
 
     def _spawn(self, name: str, argv: list[str], **popen) -> None:
@@ -218,10 +268,11 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 
     def _wait_idle(self, timeout: float) -> None:
         def idle() -> bool:
-            out = self.run(["scontrol", "show", "node", NODE, "-o"], check=False)
-            return out.returncode == 0 and parse_record(out.stdout).get("State", "").split("+")[0] == "IDLE"
+            out = self.run(["scontrol", "show", "node", ",".join(self.nodes), "-o"], check=False)
+            states = [parse_record(line).get("State", "").split("+")[0] for line in out.stdout.splitlines()]
+            return out.returncode == 0 and states == ["IDLE"] * len(self.nodes)
 
-        self._wait_for(idle, timeout, f"node {NODE} to become idle")
+        self._wait_for(idle, timeout, f"node(s) {','.join(self.nodes)} to become idle")
 
     def _wait_for(self, ready, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -236,7 +287,8 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 
     def log_tails(self) -> str:
         """The last lines of every daemon's log: what an error about the cluster shows."""
-        paths = [self.log_dir / f"{name}.log" for name in ("slurmctld", "slurmd")]
+        slurmds = ["slurmd"] if len(self.nodes) == 1 else [f"slurmd-{node}" for node in self.nodes]
+        paths = [self.log_dir / f"{name}.log" for name in ("slurmctld", *slurmds)]
         paths += [self.log_dir / f"{name}.out" for name in self._procs]
         if self.munge_dir is not None:
             paths.append(self.munge_dir / "munged.log")
@@ -291,7 +343,8 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
         """Cancel every job and wait for them to end, then stop slurmd, slurmctld and munged by PID (SIGTERM, then
         SIGKILL after `timeout` s). Safe to call twice, or after a failed start."""
         atexit.unregister(self.stop)
-        if self._alive("slurmctld") and self._alive("slurmd"):
+        slurmds = [name for name in self._procs if name.startswith("slurmd")]
+        if self._alive("slurmctld") and slurmds and all(map(self._alive, slurmds)):
             try:
                 jobs = self.job_ids()
                 if jobs:
@@ -301,7 +354,7 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
                         time.sleep(0.2)
             except SchedulerError:
                 pass  # a controller that no longer answers: its jobs end with slurmd below
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in (*slurmds, "slurmctld", "munged"):
             proc = self._procs.pop(name, None)
             if proc is None:
                 continue

@@ -1,7 +1,9 @@
 """Real training jobs on the one-node test cluster, submitted with `caspi slurm --submit` (the script of
 `caspi.slurm`): a job preempted with `scontrol requeue`, a job that gets its early warning (USR1) and requeues itself,
-and a 2-process DDP job preempted mid-run. Each comes back (SLURM_RESTART_COUNT=1), resumes from its latest
-checkpoint, finishes, and logs exactly the losses of an uninterrupted run of the same recipe, which runs beside it.
+a 2-process DDP job preempted mid-run, and a 2-node × 1-process job (srun → bash → torchrun, c10d rendezvous) on a
+second cluster of two slurmd on this host, preempted or warned. Each comes back (SLURM_RESTART_COUNT=1), resumes from
+its latest checkpoint, finishes, and logs exactly the losses of an uninterrupted run of the same recipe, which runs
+beside it.
 
 The trainers run a tiny Qwen3-ASR (recipes/demo-cpu.yaml at size "xs") for 12 steps on the shared corpus. A run that
 short would finish before a signal could land in it, so the jobs' first start slows each checkpoint write down
@@ -30,8 +32,9 @@ import pytest
 import yaml
 
 from caspi.config import load_recipe
+from caspi.errors import DependencyError
 from caspi.slurm import job_script
-from caspi.slurm_cluster import TERMINAL_STATES
+from caspi.slurm_cluster import TERMINAL_STATES, SlurmCluster, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_RECIPE = REPO / "recipes" / "demo-cpu.yaml"
@@ -71,10 +74,10 @@ def job_env(cluster) -> dict[str, str]:
     return {**cluster.env, "OMP_NUM_THREADS": "1", "CASPI_TEST_SLOW_CHECKPOINT_S": SLOW_CHECKPOINT_S}
 
 
-def submit(cluster, recipe: Path, run: Path, *flags: str) -> str:
+def submit(cluster, recipe: Path, run: Path, *flags: str, env: dict[str, str] | None = None) -> str:
     out = subprocess.run([sys.executable, "-m", "caspi", "slurm", "--recipe", str(recipe), "--out", str(run),
-                          "--submit", *flags], capture_output=True, text=True, env=job_env(cluster), timeout=120,
-                         cwd=run.parent)
+                          "--submit", *flags], capture_output=True, text=True, env={**job_env(cluster), **(env or {})},
+                         timeout=120, cwd=run.parent)
     assert out.returncode == 0, out.stdout + out.stderr
     job_id = out.stdout.strip()
     assert job_id.isdigit(), out.stdout  # stdout is the job id alone
@@ -210,6 +213,60 @@ def test_preempted_ddp_job_resumes_with_the_losses_of_an_uninterrupted_two_proce
     log = job_log(tmp_path / "run", job_id)
     assert "SIGTERM received: saved" in log, log
     assert "2 process(es)" in log, log
+    assert [s for s, _ in losses(tmp_path / "run")] == list(range(1, STEPS + 1))
+    assert losses(tmp_path / "run") == losses(tmp_path / "reference")
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(slurm_cluster, tmp_path_factory):
+    """A second cluster, of two nodes (node1 on 127.0.0.1, node2 on 127.0.0.2: two slurmd on this host), for the
+    multi-node job; started after the session's cluster has made sure SLURM is installed."""
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm-2-nodes"), nodes=2)
+    try:
+        cluster.start()
+    except DependencyError as e:
+        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
+            pytest.fail(f"cannot run a 2-node SLURM test cluster here: {e}; required under CI=true", pytrace=False)
+        pytest.skip(f"cannot run a 2-node SLURM test cluster here: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.parametrize("stop", ["requeue", "warning"])
+def test_stopped_two_node_job_resumes_with_the_losses_of_an_uninterrupted_two_process_run(two_node_cluster,
+                                                                                          synth_corpus, tmp_path,
+                                                                                          stop):
+    # One process on each of 2 nodes, accumulation 2 (effective batch 8 of micro-batches of 2): the script's
+    # multi-node path, srun → bash → torchrun with the c10d rendezvous on node1, every step a DDP all-reduce. Stopped
+    # by an outside `scontrol requeue` (TERM to every process of the job, srun's turned into USR1 by the job shell),
+    # or warned as the time limit warns (USR1 to the job shell, passed to srun, which passes it to every process of
+    # its step; the per-node bash passes TERM to torchrun; rank 0 requeues).
+    recipe = job_recipe(synth_corpus, tmp_path / "recipe.yaml", train={"effective_batch": 8})
+    # A free rendezvous port rather than the script's 15000 + job id: another test cluster's job 1 may run now.
+    job_id = submit(two_node_cluster, recipe, tmp_path / "run", "--nodes", "2", "--gpus-per-node", "1",
+                    env={"CASPI_RDZV_PORT": str(free_port())})
+    script = (tmp_path / "run" / "job.sbatch").read_text()
+    assert "srun --nodes=2" in script and "--rdzv_backend c10d" in script and "hardware.nodes=2" in script
+    ref = reference(recipe, tmp_path / "reference", 2, "hardware.nodes=2")
+    signal_job = ["scontrol", "requeue", job_id] if stop == "requeue" else \
+        ["scancel", "--batch", "--signal=USR1", job_id]
+    preempt_and_finish(two_node_cluster, job_id, tmp_path / "run", signal_job)
+    finish(ref)
+    log = job_log(tmp_path / "run", job_id)
+    assert two_node_cluster.job(job_id)["NodeList"] == "node[1-2]"
+    assert log.count("caspi job: rendezvous on node1:") == 2, log  # each start
+    assert "2 process(es)" in log, log
+    # The trainers get srun's USR1 and TERM (torchrun's; after a requeue also slurmd's) within milliseconds, in either
+    # order: they save on the first
+    assert re.search(r"SIG(TERM|USR1) received: saved", log), log
+    if stop == "warning":
+        assert f"SLURM job {job_id}: requeued" in log, log  # rank 0's own `scontrol requeue`
+    # Each node's torchrun outlived srun's USR1 and ended by its TERM once its trainer had saved: the SignalException
+    # it exits with, one per torchrun process. (Killed by the USR1, as before caspi_no_usr1, it logs nothing, and its
+    # orphaned trainer still saves on this cluster: linuxproc loses track of orphans, where a cgroup would kill them.)
+    assert len(set(re.findall(r"SignalException: Process (\d+) got signal: (?:15|Signals.SIGTERM)", log))) == 2, log
     assert [s for s, _ in losses(tmp_path / "run")] == list(range(1, STEPS + 1))
     assert losses(tmp_path / "run") == losses(tmp_path / "reference")
 

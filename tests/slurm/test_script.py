@@ -93,8 +93,8 @@ def test_two_nodes_of_eight_gpus_srun_one_torchrun_per_node_with_c10d(tmp_path):
     launch = text[text.index("caspi_run USR1"):]
     assert launch == (
         "caspi_run USR1 srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=64 \\\n"
-        '  bash -c "$(declare -f caspi_pass caspi_traps caspi_run); caspi_traps; caspi_run TERM \\"\\$@\\"" '
-        "caspi-node \\\n"
+        '  bash -c "$(declare -f caspi_pass caspi_traps caspi_run caspi_no_usr1); caspi_traps; '
+        'caspi_run TERM caspi_no_usr1 \\"\\$@\\"" caspi-node \\\n'
         '  "$PY" -m torch.distributed.run --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d \\\n'
         '  --rdzv_endpoint "$HEAD:$PORT" --rdzv_id "$SLURM_JOB_ID" \\\n'
         "  -m caspi train --recipe \"$RECIPE\" --out \"$RUN\" slurm.cpus_per_task=64 slurm.mem=0 "
