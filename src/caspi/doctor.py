@@ -239,10 +239,8 @@ def _model_plan(recipe: Recipe):
 def _memory_plans(recipe: Recipe, gpu_memory_gib: float | None) -> list[tuple[str, Any]]:
     """(phase name, caspi.plan MemoryPlan) for each phase of the recipe, at its micro-batch and world size."""
     model = _model_plan(recipe)
-    if gpu_memory_gib is not None:
-        recipe = recipe.model_copy(update={"hardware": recipe.hardware.model_copy(
-            update={"gpu_memory_gib": gpu_memory_gib})})
-    return [(phase.name, memory) for phase, memory in zip(model.phases, phase_memory(recipe, model), strict=True)]
+    memory = phase_memory(recipe, model, gpu_memory_gib=gpu_memory_gib)
+    return [(phase.name, m) for phase, m in zip(model.phases, memory, strict=True)]
 
 
 def _model_sizes(recipe: Recipe) -> tuple[int, int]:

@@ -35,10 +35,10 @@ from caspi.plan.schedule import (
     divisible_micro_batch,
     measure_throughput,
     phase_epochs,
-    read_cuts,
     require_positive,
     run_hours,
 )
+from caspi.train.batches import cuts_within_durations
 
 __all__ = ["Layout", "Plan", "make_plan", "render_plan"]
 
@@ -213,7 +213,7 @@ def _data(recipe: Recipe, *, samples: int | None, hours: float | None, manifest:
         raise DataError(f"{manifest}: training manifest not found (--manifest)")
     if manifest is None:
         return Data("none", audio_hours=hours, missing=missing), None
-    cuts, skipped = read_cuts(manifest, recipe)
+    cuts, skipped = cuts_within_durations(manifest, recipe.data)
     durations = [c.duration for c in cuts]
     return Data("manifest", manifest=str(manifest), clips=len(cuts), skipped=skipped,
                 audio_hours=sum(durations) / 3600, longest_seconds=max(durations)), cuts
@@ -229,10 +229,13 @@ def _longest_trained(recipe: Recipe, data: Data) -> float:
     return stretched if window is None or stretched <= window else max(longest, window)
 
 
-def phase_memory(recipe: Recipe, model: ModelPlan | None = None) -> list[MemoryPlan]:
+def phase_memory(recipe: Recipe, model: ModelPlan | None = None,
+                 gpu_memory_gib: float | None = None) -> list[MemoryPlan]:
     """Memory per GPU of each phase at the recipe's own hardware and micro-batch, for the clip length `make_plan`
     takes (the manifest's longest kept clip when the manifest exists, else data.max_duration, after the slowest
-    speed factor): what `caspi doctor` checks, so the two commands give one figure."""
+    speed factor): what `caspi doctor` checks, so the two commands give one figure. `gpu_memory_gib`: the card's
+    size to fit (default hardware.gpu_memory_gib)."""
+    recipe = _with_hardware(recipe, gpu_memory_gib=gpu_memory_gib)
     model = model or plan_model(recipe)
     data, _ = _data(recipe, samples=None, hours=None, manifest=None)
     hw = recipe.hardware

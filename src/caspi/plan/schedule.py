@@ -39,8 +39,8 @@ import torch
 from lhotse import CutSet
 
 from caspi.config import Recipe
-from caspi.data.cuts import read_manifest, write_manifest
-from caspi.errors import CaspiError, ConfigError, DataError, TrainingError
+from caspi.data.cuts import write_manifest
+from caspi.errors import CaspiError, ConfigError, TrainingError
 from caspi.train.batches import count_batches
 from caspi.train.loop import train
 from caspi.train.track import METRICS_FILE
@@ -260,15 +260,3 @@ def require_positive(name: str, value, *, integer: bool = False, allow_zero: boo
     if not ok:
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"{name}: expected {kind} {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-
-
-def read_cuts(manifest: str | Path, recipe: Recipe) -> tuple[CutSet, int]:
-    """(the manifest's cuts within data.min_duration..max_duration, how many lie outside): the filter of
-    `caspi.train.batches.read_train_cuts`, which does not return the count."""
-    d = recipe.data
-    cuts = read_manifest(manifest)
-    kept = cuts.filter(lambda c: d.min_duration <= c.duration <= d.max_duration).to_eager()
-    if len(kept) == 0:
-        raise DataError(f"{manifest}: no cut lies within data.min_duration..max_duration "
-                        f"({d.min_duration}..{d.max_duration} s)")
-    return kept, len(cuts) - len(kept)

@@ -36,15 +36,21 @@ def read_train_cuts(recipe, report: bool) -> CutSet:
         raise ConfigError("data.train_manifest: required for training")
     if not Path(d.train_manifest).is_file():
         raise DataError(f"{d.train_manifest}: training manifest not found (data.train_manifest)")
-    cuts = read_manifest(d.train_manifest)
-    kept = cuts.filter(lambda c: d.min_duration <= c.duration <= d.max_duration).to_eager()
-    if len(kept) == 0:
-        raise DataError(f"{d.train_manifest}: no cut lies within data.min_duration..max_duration "
-                        f"({d.min_duration}..{d.max_duration} s)")
-    skipped = len(cuts) - len(kept)
+    kept, skipped = cuts_within_durations(d.train_manifest, d)
     if skipped and report:
         print(f"caspi: skipping {skipped} cuts outside {d.min_duration}..{d.max_duration} s", file=sys.stderr)
     return kept
+
+
+def cuts_within_durations(manifest, data) -> tuple[CutSet, int]:
+    """(the manifest's cuts within data.min_duration..max_duration, how many lie outside): what training reads, and
+    what `caspi plan` counts. DataError when no cut lies within."""
+    cuts = read_manifest(manifest)
+    kept = cuts.filter(lambda c: data.min_duration <= c.duration <= data.max_duration).to_eager()
+    if len(kept) == 0:
+        raise DataError(f"{manifest}: no cut lies within data.min_duration..max_duration "
+                        f"({data.min_duration}..{data.max_duration} s)")
+    return kept, len(cuts) - len(kept)
 
 
 def count_batches(recipe, cuts: CutSet, *, world_size: int, rank: int) -> int:
