@@ -26,9 +26,13 @@ differ from the recipe's hardware block, become `hardware.nodes=` / `hardware.gp
 command, so doctor, plan and the trainer's run.json see the hardware the job really has.
 
 Signals. `#SBATCH --signal=B:USR1@<slurm.grace_seconds>` warns the job shell (only it: `B:`) before the time limit,
-which SLURM does not requeue by itself; `scontrol requeue`, `scancel` and preemption send TERM. The trainer saves on
-either (`caspi.train.preempt`), then rank 0 alone calls `scontrol requeue $SLURM_JOB_ID` (`TrainingRun.
-_stop_for_preemption`: `world.is_main`), so the job is requeued once however many processes it has. What the
+which SLURM does not requeue by itself; `scontrol requeue`, `scancel` and preemption send TERM. The trainers save on
+either (`caspi.train.preempt`). Only the warning asks for a requeue (`scontrol requeue $SLURM_JOB_ID`, once per job):
+a TERM is a cancel, which must stay cancelled, or a requeue or preemption that SLURM carries out itself. With one
+process the trainer, which the job shell became, sees the USR1 and requeues; under torchrun it sees only the TERM the
+shell turns the warning into, so the script exports `CASPI_SLURM_REQUEUE=script` and the job shell requeues
+(`caspi_requeue_if_warned`) once the launcher has exited non-zero after a USR1 and no TERM. What the
+What the
 launchers do with those signals was measured here (torch 2.13, `torchrun --standalone --nproc_per_node 2` on CPU,
 a worker that records each signal, sleeps as a save would and exits 143):
 
@@ -62,8 +66,8 @@ could lose the srun tasks at once (srun turns its TERM into SIGKILL). On the two
 it did not: srun's SIGKILL came after the job had left RUNNING and never reached the tasks, which had slurmd's TERM
 and saved within KillWait (tests/slurm/test_jobs.py). The time-limit warning, the trainer's own requeue and
 partition preemption with a `GraceTime` (srun's tasks get TERM first) all save. A stop that arrives while the
-trainers are still starting (before their handlers are installed) ends them unsaved and, with no trainer to ask for
-it, the job is not requeued.
+trainers are still starting (before their handlers are installed) ends them unsaved; a warning then still requeues
+the job under torchrun (the job shell asks), not with one process (the trainer that would ask has died of it).
 """
 
 from __future__ import annotations
@@ -80,10 +84,11 @@ from caspi import __version__
 from caspi.config import Recipe
 from caspi.config.schema import SlurmConfig
 from caspi.errors import ConfigError, DependencyError, SchedulerError
+from caspi.train.preempt import EXIT_REQUEUE, REQUEUE_BY_ENV
 
 SCRIPT_NAME = "job.sbatch"  # RUN/job.sbatch unless --script says otherwise
 LOG_NAME = "slurm-%j.log"  # stdout and stderr of every start, appended (%j: the job id, the same after a requeue)
-EXIT_PREEMPTED = 143  # what the trainer exits with after a preemption save (caspi.train.preempt.EXIT_REQUEUE)
+EXIT_PREEMPTED = EXIT_REQUEUE  # 143: what the trainer exits with after a preemption save
 RDZV_PORT_BASE, RDZV_PORT_SPAN = 15000, 15000  # c10d port: 15000 + job id mod 15000, below Linux's ephemeral range
 
 # The signal forwarding every launcher line uses (see the module docstring). Bash, no GNU extensions; `|| ...` keeps
@@ -92,11 +97,11 @@ _FORWARDING = r'''# caspi_pass NAME: the trap of USR1 and TERM. The first one is
 # as $CASPI_AS; later ones are not (its trainers need one, and torchrun passes on every TERM it gets).
 caspi_pass() {
   CASPI_WOKEN=1
+  CASPI_GOT="${CASPI_GOT:-} $1"
   if [ -n "${CASPI_STOP:-}" ]; then return 0; fi
   CASPI_STOP=$1
   if [ -n "${CASPI_CHILD:-}" ]; then
-    echo "caspi job: got SIG$1; passing SIG$CASPI_AS to pid $CASPI_CHILD once (the trainers save, then rank 0" \
-      "requeues the job)" >&2
+    echo "caspi job: got SIG$1; passing SIG$CASPI_AS to pid $CASPI_CHILD once (the trainers save and stop)" >&2
     kill -s "$CASPI_AS" "$CASPI_CHILD" 2>/dev/null || true
   else
     echo "caspi job: got SIG$1 before the trainers started" >&2
@@ -126,7 +131,20 @@ caspi_run() {
   if [ -n "${CASPI_STOP:-}" ] && [ "$rc" -ne 0 ]; then rc=143; fi
   return "$rc"
 }
+# caspi_requeue_if_warned: requeue the job when the time-limit warning (USR1) came and no TERM did: a TERM is a
+# `scancel` (it stays cancelled) or a requeue or preemption SLURM carries out itself.
+caspi_requeue_if_warned() {
+  case " ${CASPI_GOT:-} " in *" TERM "*) return 0 ;; *" USR1 "*) ;; *) return 0 ;; esac
+  echo "caspi job: warned (SIGUSR1) before the time limit: requeueing job ${SLURM_JOB_ID:-?}" >&2
+  scontrol requeue "${SLURM_JOB_ID:-}" || echo "caspi job: scontrol requeue failed; submit the job again to resume" >&2
+}
 '''
+
+
+# The torchrun layouts: the trainers cannot tell the warning from a cancel (both reach them as TERM), so the job
+# shell, which knows, requeues once they have stopped.
+_SHELL_REQUEUES = [f"export {REQUEUE_BY_ENV}=script  # the trainers leave the requeue to this shell"]
+_REQUEUE_AFTER = ['if [ "$rc" -ne 0 ]; then caspi_requeue_if_warned; fi', 'exit "$rc"']
 
 
 def _q(value: str | Path) -> str:
@@ -182,8 +200,10 @@ def job_script(recipe: Recipe, recipe_path: str | Path, run_dir: str | Path, ove
         f"# Caspi {__version__} training job, written by `caspi slurm`: recipe {recipe.name} on {n} node(s) × {g} "
         f"{unit} into {run}.",
         f"# Submit: sbatch {_q(run / SCRIPT_NAME)} (or this file). Warned {settings.grace_seconds} s before the "
-        "time limit (USR1) or preempted (TERM),",
-        "# the trainers save and rank 0 requeues the job; the next start resumes from the run's latest checkpoint.",
+        "time limit (USR1), the trainers save",
+        "# and the job requeues itself; on TERM (scancel, scontrol requeue, preemption) they save and SLURM decides"
+        " whether it",
+        "# comes back. Each start resumes from the run's latest checkpoint.",
         f"#SBATCH --job-name={_q('caspi-' + recipe.name)}",
         f"#SBATCH --nodes={n}",
         "#SBATCH --ntasks-per-node=1",
@@ -238,8 +258,8 @@ def job_script(recipe: Recipe, recipe_path: str | Path, run_dir: str | Path, ove
         f'  "$PY" -m caspi plan {plan} || echo "caspi job: caspi plan failed (exit $?); training anyway" >&2',
         "fi",
         'if [ -n "${CASPI_STOP:-}" ]; then',
-        '  echo "caspi job: stopped by SIG$CASPI_STOP before training; requeueing" >&2',
-        '  scontrol requeue "${SLURM_JOB_ID:-}" || true',
+        '  echo "caspi job: stopped by SIG$CASPI_STOP before training" >&2',
+        "  caspi_requeue_if_warned",
         f"  exit {EXIT_PREEMPTED}",
         "fi",
         "",
@@ -250,10 +270,11 @@ def job_script(recipe: Recipe, recipe_path: str | Path, run_dir: str | Path, ove
                   f'exec "$PY" {train}']
     elif n == 1:
         lines += [f"# {g} processes on this node: torchrun passes TERM on to them (USR1 would kill it).",
+                  *_SHELL_REQUEUES,
                   "rc=0",
                   f'caspi_run TERM "$PY" -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node {g} '
                   f"{train} || rc=$?",
-                  'exit "$rc"']
+                  *_REQUEUE_AFTER]
     else:
         cpus = f" --cpus-per-task={settings.cpus_per_task}" if settings.cpus_per_task is not None else ""
         lines += [
@@ -269,6 +290,7 @@ def job_script(recipe: Recipe, recipe_path: str | Path, run_dir: str | Path, ove
             "  trap '' USR1",
             '  exec "$@"',
             "}",
+            *_SHELL_REQUEUES,
             "rc=0",
             f"caspi_run USR1 srun --nodes={n} --ntasks-per-node=1{cpus} \\",
             '  bash -c "$(declare -f caspi_pass caspi_traps caspi_run caspi_no_usr1); caspi_traps; '
@@ -277,7 +299,7 @@ def job_script(recipe: Recipe, recipe_path: str | Path, run_dir: str | Path, ove
             f'  "$PY" -m torch.distributed.run --nnodes {n} --nproc_per_node {g} --rdzv_backend c10d \\',
             '  --rdzv_endpoint "$HEAD:$PORT" --rdzv_id "$SLURM_JOB_ID" \\',
             f"  {train} || rc=$?",
-            'exit "$rc"',
+            *_REQUEUE_AFTER,
         ]
     return "\n".join(lines) + "\n"
 

@@ -3,7 +3,7 @@
 a 2-process DDP job preempted mid-run, and a 2-node × 1-process job (srun → bash → torchrun, c10d rendezvous) on a
 second cluster of two slurmd on this host, preempted or warned. Each comes back (SLURM_RESTART_COUNT=1), resumes from
 its latest checkpoint, finishes, and logs exactly the losses of an uninterrupted run of the same recipe, which runs
-beside it.
+beside it. A job cancelled with `scancel` (one process, and 2 nodes) saves and stays cancelled.
 
 The trainers run a tiny Qwen3-ASR (recipes/demo-cpu.yaml at size "xs") for 12 steps on the shared corpus. A run that
 short would finish before a signal could land in it, so the jobs' first start slows each checkpoint write down
@@ -150,6 +150,24 @@ def preempt_and_finish(cluster, job_id: str, run: Path, signal_job: list[str]) -
     return restart_s, done_s
 
 
+def cancel_and_check_it_stays_cancelled(cluster, job_id: str, run: Path) -> str:
+    """`scancel` the job once its first checkpoint exists; wait for the trainers' save, then longer than a requeue
+    takes to bring a job back (REQUEUE_BOUND_S): the job must still be CANCELLED, started once. The job's log."""
+    wait_until(first_checkpoint(run), cluster, job_id, run, "first checkpoint")
+    cluster.run(["scancel", job_id])
+    cluster.wait_job(job_id, {"CANCELLED"}, timeout=JOB_TIMEOUT)  # at once; the trainers save within KillWait (30 s)
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while "received: saved" not in job_log(run, job_id):
+        assert time.monotonic() < deadline, f"job {job_id}: no save after scancel:\n{job_log(run, job_id)[-4000:]}"
+        time.sleep(0.1)
+    time.sleep(REQUEUE_BOUND_S)
+    record, log = cluster.job(job_id), job_log(run, job_id)
+    assert (record["JobState"], record["Restarts"]) == ("CANCELLED", "0"), log
+    assert starts(log) == ["0"], log
+    assert "requeueing" not in log and "requeued" not in log, log
+    return log
+
+
 @pytest.fixture(scope="module", autouse=True)
 def time_limit_probe(slurm_cluster, synth_corpus, tmp_path_factory):
     """Submitted when the module starts, checked by its last test: a job with the generated script's own #SBATCH
@@ -199,6 +217,17 @@ def test_warned_job_saves_requeues_itself_and_resumes(slurm_cluster, synth_corpu
     assert losses(tmp_path / "run") == losses(tmp_path / "reference")
 
 
+def test_cancelled_job_saves_and_stays_cancelled(slurm_cluster, synth_corpus, tmp_path):
+    """`scancel` sends TERM, as `scontrol requeue` does: the trainer saves (a resubmitted job resumes), but must not
+    ask for a requeue, which would bring a cancelled job back."""
+    recipe = job_recipe(synth_corpus, tmp_path / "recipe.yaml")
+    job_id = submit(slurm_cluster, recipe, tmp_path / "run")
+    log = cancel_and_check_it_stays_cancelled(slurm_cluster, job_id, tmp_path / "run")
+    assert "SIGTERM received: saved" in log, log
+    saved = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert saved and saved[-1].name != f"step-{STEPS:06d}", log  # saved mid-run
+
+
 def test_preempted_ddp_job_resumes_with_the_losses_of_an_uninterrupted_two_process_run(slurm_cluster, synth_corpus,
                                                                                         tmp_path):
     # Accumulation 2 over 2 processes (effective batch 8 of micro-batches of 2): every step is a DDP all-reduce.
@@ -234,6 +263,16 @@ def two_node_cluster(slurm_cluster, tmp_path_factory):
         cluster.stop()
 
 
+def test_cancelled_two_node_job_saves_and_stays_cancelled(two_node_cluster, synth_corpus, tmp_path):
+    """`scancel` of the multi-node layout: TERM to the job shell (which passes USR1 to srun) and to every process of
+    the job; the trainers save, nobody requeues."""
+    recipe = job_recipe(synth_corpus, tmp_path / "recipe.yaml", train={"effective_batch": 8})
+    job_id = submit(two_node_cluster, recipe, tmp_path / "run", "--nodes", "2", "--gpus-per-node", "1",
+                    env={"CASPI_RDZV_PORT": str(free_port())})
+    log = cancel_and_check_it_stays_cancelled(two_node_cluster, job_id, tmp_path / "run")
+    assert re.search(r"SIG(TERM|USR1) received: saved", log), log
+
+
 @pytest.mark.parametrize("stop", ["requeue", "warning"])
 def test_stopped_two_node_job_resumes_with_the_losses_of_an_uninterrupted_two_process_run(two_node_cluster,
                                                                                           synth_corpus, tmp_path,
@@ -242,7 +281,7 @@ def test_stopped_two_node_job_resumes_with_the_losses_of_an_uninterrupted_two_pr
     # multi-node path, srun → bash → torchrun with the c10d rendezvous on node1, every step a DDP all-reduce. Stopped
     # by an outside `scontrol requeue` (TERM to every process of the job, srun's turned into USR1 by the job shell),
     # or warned as the time limit warns (USR1 to the job shell, passed to srun, which passes it to every process of
-    # its step; the per-node bash passes TERM to torchrun; rank 0 requeues).
+    # its step; the per-node bash passes TERM to torchrun; the job shell requeues once srun has ended).
     recipe = job_recipe(synth_corpus, tmp_path / "recipe.yaml", train={"effective_batch": 8})
     # A free rendezvous port rather than the script's 15000 + job id: another test cluster's job 1 may run now.
     job_id = submit(two_node_cluster, recipe, tmp_path / "run", "--nodes", "2", "--gpus-per-node", "1",
@@ -261,8 +300,11 @@ def test_stopped_two_node_job_resumes_with_the_losses_of_an_uninterrupted_two_pr
     # The trainers get srun's USR1 and TERM (torchrun's; after a requeue also slurmd's) within milliseconds, in either
     # order: they save on the first
     assert re.search(r"SIG(TERM|USR1) received: saved", log), log
-    if stop == "warning":
-        assert f"SLURM job {job_id}: requeued" in log, log  # rank 0's own `scontrol requeue`
+    if stop == "warning":  # the job shell's own `scontrol requeue`; the trainers leave it to the shell
+        assert f"caspi job: warned (SIGUSR1) before the time limit: requeueing job {job_id}" in log, log
+        assert f"SLURM job {job_id}: requeued" not in log, log
+    else:  # SLURM requeued it; nobody else asked
+        assert "requeueing" not in log and f"SLURM job {job_id}: requeued" not in log, log
     # Each node's torchrun outlived srun's USR1 and ended by its TERM once its trainer had saved: the SignalException
     # it exits with, one per torchrun process. (Killed by the USR1, as before caspi_no_usr1, it logs nothing, and its
     # orphaned trainer still saves on this cluster: linuxproc loses track of orphans, where a cgroup would kill them.)

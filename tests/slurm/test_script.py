@@ -68,8 +68,10 @@ def test_one_node_two_gpus_runs_torchrun_standalone_behind_the_forwarder(tmp_pat
     assert _sbatch(text) == ["--job-name=caspi-round2-2xa100", "--nodes=1", "--ntasks-per-node=1", "--gres=gpu:2",
                              "--partition=gpu", "--time=12:00:00", "--requeue", "--signal=B:USR1@120",
                              "--open-mode=append", "--output=/runs/r/slurm-%j.log", "--error=/runs/r/slurm-%j.log"]
-    assert ('caspi_run TERM "$PY" -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node 2 -m caspi train '
-            '--recipe "$RECIPE" --out "$RUN" || rc=$?\nexit "$rc"\n') in text
+    assert ('export CASPI_SLURM_REQUEUE=script  # the trainers leave the requeue to this shell\nrc=0\n'
+            'caspi_run TERM "$PY" -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node 2 -m caspi train '
+            '--recipe "$RECIPE" --out "$RUN" || rc=$?\n'
+            'if [ "$rc" -ne 0 ]; then caspi_requeue_if_warned; fi\nexit "$rc"\n') in text
     assert "hardware." not in text  # the recipe already says 1 × 2: no overrides
     assert "export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-120}" in text
     assert "exec " not in text and "srun" not in text
@@ -99,7 +101,9 @@ def test_two_nodes_of_eight_gpus_srun_one_torchrun_per_node_with_c10d(tmp_path):
         '  --rdzv_endpoint "$HEAD:$PORT" --rdzv_id "$SLURM_JOB_ID" \\\n'
         "  -m caspi train --recipe \"$RECIPE\" --out \"$RUN\" slurm.cpus_per_task=64 slurm.mem=0 "
         "slurm.grace_seconds=300 'slurm.extra=[--qos=high]' 'slurm.setup=[module load cuda/12.4]' "
-        'hardware.nodes=2 || rc=$?\nexit "$rc"\n')
+        'hardware.nodes=2 || rc=$?\nif [ "$rc" -ne 0 ]; then caspi_requeue_if_warned; fi\nexit "$rc"\n')
+    assert "\nexport CASPI_SLURM_REQUEUE=script  # the trainers leave the requeue to this shell\nrc=0\ncaspi_run USR1" \
+        in text
     _bash_n(text, tmp_path)
 
 
@@ -206,7 +210,8 @@ def test_cli_writes_the_script_and_with_submit_prints_only_the_job_id(tmp_path, 
 
 # -------------------------------------------------------------------------------- the script run, with fake programs
 
-# A fake process: records its argv and every TERM/USR1 in FAKE_LOG/<kind>-<rank>-<pid>.log, marks itself ready once
+# A fake process: records its argv and every TERM/USR1 in FAKE_LOG/<kind>-<rank>-<pid>.log (and its
+# CASPI_SLURM_REQUEUE in FAKE_LOG/requeue-by-<kind>-<rank>-<pid>), marks itself ready once
 # its handlers are in, waits for a signal (FAKE_WAIT_S), "saves" for FAKE_SAVE_S (more signals may come meanwhile)
 # and exits AFTER_SIGNAL, as the trainer (143) or torchrun (1) does.
 _FAKE = '''import json, os, signal, sys, time
@@ -218,6 +223,8 @@ def write(line):
     with open(os.path.join(log, me + ".log"), "a") as f:
         f.write(line + "\\n")
 write("argv " + json.dumps(sys.argv[1:]))
+with open(os.path.join(log, "requeue-by-" + me), "w") as f:
+    f.write(os.environ.get("CASPI_SLURM_REQUEUE", "-"))
 if kind == "doctor":
     sys.exit(int(os.environ.get("FAKE_DOCTOR_EXIT", "0")))
 if kind == "plan":
@@ -305,6 +312,17 @@ def _records(log: Path, kind: str) -> list[list[str]]:
     return [p.read_text().splitlines()[1:] for p in sorted(log.glob(f"{kind}-*.log"))]
 
 
+def _requeues(log: Path) -> list[str]:
+    """The `scontrol requeue` calls the job made (the fake scontrol logs every call)."""
+    path = log / "scontrol.args"
+    return [line for line in path.read_text().splitlines() if " requeue " in line] if path.exists() else []
+
+
+def _requeue_by(log: Path, kind: str) -> list[str]:
+    """Each `kind` process's CASPI_SLURM_REQUEUE ("-": unset), in rank order."""
+    return [p.read_text() for p in sorted(log.glob(f"requeue-by-{kind}-*"))]
+
+
 def _finish(proc: subprocess.Popen, timeout: float = 60.0) -> int:
     try:
         return proc.wait(timeout=timeout)
@@ -330,6 +348,8 @@ def test_single_process_gets_usr1_itself_and_the_job_ends_143(tmp_path, fakes):
     assert argv == ["train", "--recipe", str(RECIPES / "demo-cpu.yaml"), "--out", str(tmp_path / "run")]
     job_log = (tmp_path / "job.log").read_text()
     assert "caspi job 1234: start 0 (SLURM_RESTART_COUNT=unset)" in job_log and "fake plan summary" in job_log
+    # The trainer itself asks for the requeue on a USR1 (caspi.train.preempt), the shell is gone (exec).
+    assert _requeue_by(log, "train") == ["-"] and _requeues(log) == []
 
 
 def test_two_processes_under_real_torchrun_each_get_one_term(tmp_path, fakes):
@@ -346,6 +366,24 @@ def test_two_processes_under_real_torchrun_each_get_one_term(tmp_path, fakes):
     assert [p.name.split("-")[1] for p in sorted(log.glob("train-*.log"))] == ["0", "1"]  # RANK 0 and 1
     job_log = (tmp_path / "job.log").read_text()
     assert job_log.count("passing SIGTERM to pid") == 1
+    # A TERM came too: a cancel (or SLURM's own requeue). Nobody asks for a requeue; the trainers leave it to the
+    # shell, which knows what came.
+    assert _requeues(log) == [] and _requeue_by(log, "train") == ["script", "script"]
+
+
+def test_a_warned_torchrun_job_is_requeued_by_its_shell_once_the_trainers_stopped(tmp_path, fakes):
+    """USR1 alone (the time-limit warning): torchrun's trainers get TERM and cannot tell; the shell requeues once,
+    after torchrun has exited."""
+    caspi_only, _, bin_, log = fakes
+    proc = _start(_job_text("demo-cpu.yaml", tmp_path, HALF, gpus_per_node=2), tmp_path, caspi_only, bin_, log)
+    _wait_ready(log, "train", 2, proc)
+    os.kill(proc.pid, signal.SIGUSR1)
+    assert _finish(proc) == 143
+    assert _records(log, "train") == [["SIGTERM", "exit 143"], ["SIGTERM", "exit 143"]]
+    assert _requeues(log) == ["scontrol requeue 1234"]
+    job_log = (tmp_path / "job.log").read_text()
+    assert job_log.index("warned (SIGUSR1) before the time limit: requeueing job 1234") > \
+        job_log.index("passing SIGTERM to pid")
 
 
 def test_two_nodes_srun_gets_usr1_and_each_node_torchrun_one_term(tmp_path, fakes):
@@ -367,6 +405,7 @@ def test_two_nodes_srun_gets_usr1_and_each_node_torchrun_one_term(tmp_path, fake
                          "train.micro_batch=8", "slurm.cpus_per_task=2", "hardware.nodes=2"]
     job_log = (tmp_path / "job.log").read_text()
     assert "start 1 (SLURM_RESTART_COUNT=1)" in job_log and "fake plan summary" not in job_log  # plan: start 0 only
+    assert _requeues(log) == []  # a TERM came: not requeued by the shell
 
 
 def test_a_doctor_fail_ends_the_job_with_its_code_before_training(tmp_path, fakes):
@@ -389,17 +428,18 @@ def test_a_finished_run_exits_0_without_doctor_or_training(tmp_path, fakes):
     assert "already finished; nothing to train" in (tmp_path / "job.log").read_text()
 
 
-def test_a_stop_before_the_trainers_start_requeues_the_job(tmp_path, fakes):
+@pytest.mark.parametrize("stop, requeued", [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
+def test_a_warning_before_the_trainers_start_requeues_the_job_a_cancel_does_not(tmp_path, fakes, stop, requeued):
     caspi_only, _, bin_, log = fakes
     text = _job_text("demo-cpu.yaml", tmp_path)
     # The doctor is slow here: the signal comes while it runs (bash runs the trap once it returns).
     slow = text.replace('"$PY" -m caspi doctor', 'sleep 1; "$PY" -m caspi doctor', 1)
     proc = _start(slow, tmp_path, caspi_only, bin_, log, FAKE_WAIT_S="0")
     time.sleep(0.5)
-    os.kill(proc.pid, signal.SIGUSR1)
+    os.kill(proc.pid, stop)
     assert _finish(proc) == 143
     assert not list(log.glob("train-*"))
-    assert (log / "scontrol.args").read_text() == "scontrol requeue 1234\n"
+    assert _requeues(log) == (["scontrol requeue 1234"] if requeued else [])
 
 
 def test_the_launcher_exit_code_passes_through_without_a_signal(tmp_path, fakes):

@@ -31,7 +31,7 @@ def original_handlers():
 def send_and_wait(flag: PreemptionFlag, sig: int) -> None:
     os.kill(os.getpid(), sig)
     deadline = time.monotonic() + 5
-    while not flag.requested and time.monotonic() < deadline:  # Python runs the handler at its next check
+    while sig not in flag.received and time.monotonic() < deadline:  # Python runs the handler at its next check
         time.sleep(0.001)
 
 
@@ -118,8 +118,19 @@ def test_no_slurm_no_requeue(monkeypatch, tmp_path):
     assert not (tmp_path / "calls.txt").exists()
 
 
+def test_requeue_left_to_the_job_script(monkeypatch, tmp_path):
+    """`caspi slurm`'s torchrun layouts: the job shell requeues, the trainer must not (it would requeue a cancel)."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("CASPI_SLURM_REQUEUE", "script")
+    fake_scontrol(tmp_path / "bin", tmp_path / "calls.txt")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert request_requeue() == "SLURM job 4242: the job script requeues it once the trainers have exited"
+    assert not (tmp_path / "calls.txt").exists()
+
+
 def test_requeue_calls_scontrol(monkeypatch, tmp_path):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("CASPI_SLURM_REQUEUE", raising=False)
     fake_scontrol(tmp_path / "bin", tmp_path / "calls.txt")
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
     line = request_requeue()
@@ -179,12 +190,19 @@ def test_first_ctrl_c_requests_a_stop_and_a_second_raises_keyboard_interrupt(ori
         flag.restore()
 
 
-def test_scheduler_signals_want_a_requeue(original_handlers):
+@pytest.mark.parametrize("signals, wanted", [
+    ((signal.SIGUSR1,), True),  # the time-limit warning: SLURM does not requeue a job at its limit by itself
+    ((signal.SIGTERM,), False),  # scancel (stays cancelled), or scontrol requeue / preemption (SLURM requeues)
+    ((signal.SIGUSR1, signal.SIGTERM), False),  # warned, then cancelled
+    ((signal.SIGUSR1, signal.SIGUSR1), True),
+])
+def test_only_the_time_limit_warning_wants_a_requeue(original_handlers, signals, wanted):
     flag = PreemptionFlag().install()
     try:
         assert not flag.requeue_wanted
-        send_and_wait(flag, signal.SIGTERM)
-        assert flag.requeue_wanted
+        for sig in signals:
+            send_and_wait(flag, sig)
+        assert (flag.name, flag.requeue_wanted) == (signal.Signals(signals[-1]).name, wanted)
     finally:
         flag.restore()
 

@@ -518,7 +518,8 @@ class TrainingRun:
         if self.world.is_main:
             print(f"caspi: {self.preempt.name} received: saved {path} (step {p.step}, epoch {p.epoch}, "
                   f"{p.micro} micro-batches into the next step); run the same command to resume", file=sys.stderr)
-            requeue = request_requeue() if self.preempt.requeue_wanted else None  # not after Ctrl+C
+            # Only a time-limit warning (USR1) requeues: a TERM is a cancel, or SLURM's own requeue.
+            requeue = request_requeue() if self.preempt.requeue_wanted else None
             if requeue:
                 print(f"caspi: {requeue}", file=sys.stderr)
         return self._result(p.epoch, path, preempted=True)

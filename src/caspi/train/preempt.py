@@ -8,9 +8,14 @@ once (the CLI exits 130) without waiting for the save; a half-written checkpoint
 DataLoader workers ignore SIGINT (`ignore_interrupt_in_worker`): a terminal sends it to the whole process group, and
 a worker that died of it would crash the loop before it could save.
 
-Under SLURM (`SLURM_JOB_ID` set) the job asks to be requeued (`scontrol requeue $SLURM_JOB_ID`) after the save, so
-a job killed at its time limit (which SLURM does not requeue by itself) or preempted comes back and resumes; the
-recipe's `#SBATCH --signal=B:USR1@120` gives the early warning (REFERENCE.md, "A one-node SLURM cluster").
+Under SLURM (`SLURM_JOB_ID` set) a run warned by SIGUSR1 asks to be requeued (`scontrol requeue $SLURM_JOB_ID`)
+after the save: `#SBATCH --signal=B:USR1@<grace>` warns a job before its time limit, and SLURM does not requeue a job
+that reaches its limit by itself (REFERENCE.md, "A one-node SLURM cluster"). A SIGTERM does not ask: it comes from
+`scancel` (a person cancelled the job: it must stay cancelled), or from `scontrol requeue` and partition preemption
+with PreemptMode=REQUEUE, which requeue the job by themselves. A USR1 followed by a TERM is a cancel too. Where the job
+script requeues the job itself (`CASPI_SLURM_REQUEUE=script`: the torchrun layouts of `caspi slurm`, whose job shell
+turns the warning into the TERM torchrun passes on, so the trainers cannot tell a warning from a cancel), the trainer
+leaves the requeue to it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ class PreemptionFlag:
     `KeyboardInterrupt`); `restore()` puts the old ones back."""
 
     def __init__(self) -> None:
-        self.signal: int | None = None
+        self.signal: int | None = None  # the latest stop signal
+        self.received: set[int] = set()  # every stop signal received
         self.interrupts = 0  # SIGINTs received
         self._previous: dict[int, object] = {}
 
@@ -53,6 +59,7 @@ class PreemptionFlag:
             # a buffered stream entered twice raises "reentrant call".
             os.write(2, _INTERRUPT_NOTICE)
         self.signal = signum
+        self.received.add(signum)
 
     @property
     def requested(self) -> bool:
@@ -64,8 +71,9 @@ class PreemptionFlag:
 
     @property
     def requeue_wanted(self) -> bool:
-        """A scheduler's stop (SIGTERM/SIGUSR1) asks to come back; Ctrl+C asks to stay stopped."""
-        return self.signal is not None and self.interrupts == 0
+        """Only the time-limit warning (SIGUSR1) asks to come back: a TERM (a cancel, or a requeue or preemption
+        SLURM carries out itself) and Ctrl+C do not, also after a USR1."""
+        return self.received == {signal.SIGUSR1}
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -80,11 +88,16 @@ def ignore_interrupt_in_worker(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+REQUEUE_BY_ENV = "CASPI_SLURM_REQUEUE"  # "script": the job script requeues after the launcher exits, not the trainer
+
+
 def request_requeue() -> str | None:
     """Under SLURM, ask for this job to be requeued; returns a line saying what happened (None outside SLURM)."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return None
+    if os.environ.get(REQUEUE_BY_ENV) == "script":
+        return f"SLURM job {job}: the job script requeues it once the trainers have exited"
     scontrol = shutil.which("scontrol")
     if scontrol is None:
         return f"SLURM job {job}: scontrol not found, cannot requeue (resubmit the job to resume)"
