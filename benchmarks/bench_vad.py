@@ -30,17 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caspi.audit.vad import (
-    WINDOW,
-    WINDOW_S,
-    load_vad_model,
-    num_windows,
-    speech_probabilities,
-    speech_segments,
-    vad_measures,
-)
+from caspi.audit.vad import vad_measures
 from caspi.data.audio import SAMPLE_RATE
 from caspi.data.cuts import cut_text, read_manifest
+from caspi.data.vad import WINDOW, WINDOW_S, load_vad_model, num_windows, speech_probabilities, speech_segments
 from caspi.testing import torch_threads
 
 BUDGET_S = 180.0  # seconds for 2,500 clips: VAD + rate check + decoding, on 2 cores

@@ -30,6 +30,7 @@ LAYERS = {
     "caspi.config": 2,
     "caspi.models.loading": 3,
     "caspi.scoring": 3,
+    "caspi.longform": 3,  # long recordings: VAD chunking (caspi.data.vad), family.decode, seams; eval and audit use it
     "caspi.audit": 4,
     "caspi.eval": 4,
     "caspi.train": 5,

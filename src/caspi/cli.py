@@ -100,7 +100,7 @@ def cmd_import(args) -> int:
     result = import_source(
         args.source, args.out, domain=args.domain, text_field=args.text_field, audio_field=args.audio_field,
         id_field=args.id_field, split=args.split, max_duration=max_duration, min_duration=min_duration,
-        strict=args.strict, workers=args.workers, progress=not args.quiet,
+        strict=args.strict, workers=args.workers, progress=not args.quiet, sets_root=args.sets_root,
     )
     print(result.summary())
     return EXIT_OK
@@ -171,11 +171,29 @@ def _eval_settings(recipe):
 def cmd_eval(args) -> int:
     from caspi.eval.evaluate import evaluate, render_table
 
+    if args.sets is not None:
+        return _eval_sets(args)
+    if args.sets_root is not None:
+        raise ConfigError("eval: --sets-root goes with --sets (the eval sets by name), not with --manifest")
     config, language = _eval_settings(_recipe(args))
     result = evaluate(args.manifest, args.out, config, model=args.model, hypotheses=args.hypotheses,
                       language=language, resamples=args.resamples, seed=args.seed, progress=not args.quiet)
     print(render_table(result.summary))
     print(f"predictions  {result.out_dir / 'predictions.jsonl'}\nsummary      {result.out_dir / 'summary.json'}")
+    return EXIT_OK
+
+
+def _eval_sets(args) -> int:
+    from caspi.eval.sets import evaluate_sets, render_sets
+
+    if args.model is None:
+        raise ConfigError("eval: --sets decodes each set with --model; score a hypotheses file with --manifest")
+    config, language = _eval_settings(_recipe(args))
+    result = evaluate_sets(args.sets, args.out, config, model=args.model, sets_root=args.sets_root,
+                           language=language, resamples=args.resamples, seed=args.seed, progress=not args.quiet)
+    print(render_sets(result))
+    for ext, path in result.files.items():
+        print(f"sets.{ext:<5} {path}")
     return EXIT_OK
 
 
@@ -311,13 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="import a dataset into a validated Lhotse manifest")
     p.add_argument("source", help="HF dataset id (org/name or org/name:config), save_to_disk folder, parquet, "
-                                  "NeMo JSONL, audio folder or Lhotse manifest")
+                                  "NeMo JSONL, audio folder, Lhotse manifest, or an eval set by name (eval-d1, "
+                                  "eval-whatsapp, saspeech, fleurs-he, kan, cv17-he: hub id, split, columns and "
+                                  "domain filled in)")
     p.add_argument("--out", required=True, help="manifest to write (.jsonl.gz)")
     p.add_argument("--domain", help="domain name for every sample (default: a `domain` field, else the source)")
     p.add_argument("--text-field", help="transcript column/field")
     p.add_argument("--audio-field", help="audio column (HF datasets)")
     p.add_argument("--id-field", help="id column/field")
-    p.add_argument("--split", help="dataset split (HF datasets; default train)")
+    p.add_argument("--split", help="dataset split (HF datasets; default train, an eval set's own split)")
+    p.add_argument("--sets-root", metavar="DIR", help="for an eval set name: read DIR/<name>/*.parquet (hub layout) "
+                                                      "instead of the hub (default: $CASPI_EVAL_SETS)")
     p.add_argument("--recipe", help="take data.max_duration / data.min_duration from this recipe (overrides such "
                                     "as data.max_duration=20 may follow)")
     p.add_argument("--max-duration", type=float, help="reject clips longer than this (seconds)")
@@ -362,8 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="a Caspi run or checkpoint folder, an exported folder, or a hub id")
     which.add_argument("--hypotheses", help="JSONL of another system: `id` (or the audio file stem), `hypothesis`")
-    p.add_argument("--manifest", required=True, help="the eval manifest (references and domains)")
-    p.add_argument("--out", required=True, help="output folder (predictions.jsonl, summary.json)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--manifest", help="the eval manifest (references and domains)")
+    data.add_argument("--sets", metavar="all|NAME,...",
+                      help="the field's eval sets by name (eval-d1, eval-whatsapp, saspeech, fleurs-he, kan, "
+                           "cv17-he), each imported into OUT/sets/ (reused on a rerun) and decoded once with "
+                           "--model; one table OUT/sets.{md,csv,json}, leaderboard and own normaliser. With `all` a "
+                           "set not available here is listed as such")
+    p.add_argument("--sets-root", metavar="DIR", help="with --sets: read DIR/<name>/*.parquet (hub layout) instead "
+                                                      "of the hub (default: $CASPI_EVAL_SETS)")
+    p.add_argument("--out", required=True, help="output folder (predictions.jsonl, summary.json; with --sets one "
+                                                "folder per set and the table)")
     p.add_argument("--recipe", help="take the eval: section (normaliser, batch size, beams) from this recipe")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -441,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("slurm", help="write (--submit: and submit) an sbatch script that runs doctor, plan and the "
-                                      "trainer of a recipe; warned or preempted, it saves, requeues itself, resumes")
+                                      "trainer of a recipe; stopped, it saves; warned, it requeues itself and resumes")
     p.add_argument("--recipe", required=True, help="recipe YAML; overrides such as train.max_steps=100 may follow (the "
                                                    "job passes them to every command)")
     p.add_argument("--out", required=True, help="the run folder; the job's log is OUT/slurm-<job id>.log")

@@ -13,6 +13,7 @@ from caspi.audit.scorers import (
     RateScorer,
     TextScorer,
     build_scorers,
+    robust_scores,
     robust_z,
     scoring_letters,
 )
@@ -131,6 +132,8 @@ def test_robust_threshold_holds_the_clean_false_alarm_rate_at_50_clips_as_at_500
 
 def test_rate_scorer_threshold_widens_in_a_small_domain():
     from scipy.stats import norm
+
+    # One transcript for every clip: no duration model can be fitted, so this is characters per second's z.
 
     scorer = RateScorer(RateScorerConfig(max_abs_z=3.0, min_domain_samples=20))
     text = "אבגדהוזחטיכלמנסעפצקרשת"  # 22 letters
@@ -318,8 +321,151 @@ def test_loss_scorer_config_errors_name_the_key():
 
 
 def test_rate_reasons_say_the_rate_and_the_domain_median():
-    scorer = RateScorer(RateScorerConfig(min_domain_samples=5))
+    scorer = RateScorer(RateScorerConfig(min_domain_samples=5))  # one transcript: no fit, characters per second
     text = "אבגדהוזחטיכלמנסעפצקרשת"  # 22 letters
     samples = [sample(i, text, duration=2.0 + 0.01 * i) for i in range(30)] + [sample(30, text, duration=4.4)]
     notes = scorer.explain(samples, scorer.measure(samples))
     assert notes[30]["rate_low"].startswith("5.0 chars/s, domain median 10.") and notes[0] == {}
+
+
+# ------------------------------------------------------------------ the rate scorer's duration model (issue #16)
+
+ALEF_BET = "אבגדהוזחטיכלמנסעפצקרשת"
+
+
+def transcript(letters: int, pauses: int = 0) -> str:
+    """Hebrew words of up to 4 letters, `letters` in all, a comma after each of the first `pauses` words, and a
+    final stop (which is no pause)."""
+    chars = (ALEF_BET * 10)[:letters]
+    words = [chars[i:i + 4] for i in range(0, letters, 4)]
+    return " ".join(w + ("," if j < pauses else "") for j, w in enumerate(words)) + "."
+
+
+def spoken(name: str, n: int, seed: int, *, a=0.3, b=0.07, c=0.4, noise=0.03) -> list[AuditSample]:
+    """n clean clips of one domain: duration = (a + b·letters + c·pauses) × e^(noise·N(0, 1)), 10–44 letters,
+    70 % of the transcripts without a pause."""
+    rng = np.random.default_rng(seed)
+    letters, pauses = rng.integers(10, 45, n), rng.choice(3, n, p=[0.7, 0.2, 0.1])
+    wobble = np.exp(noise * rng.standard_normal(n))
+    return [sample(f"{name}{i}", transcript(int(k), int(p)), duration=float((a + b * k + c * p) * w), domain=name)
+            for i, (k, p, w) in enumerate(zip(letters, pauses, wobble))]
+
+
+def test_pause_count_counts_internal_clause_marks_once_per_run():
+    from caspi.audit.scorers import pause_count
+
+    assert pause_count("ערב טוב, אורית, מה שלומך?") == 2  # the final "?" ends the clip: no pause inside it
+    assert pause_count("שלום עולם.") == 0
+    assert pause_count("באמת?! כן... אולי; נראה: טוב") == 4  # "?!" and "..." are one pause each
+    assert pause_count("עלה 3.5 שקלים ל-1,000 איש") == 0  # a decimal point and a thousands separator
+    assert pause_count("כן , לא") == 1 and pause_count("") == 0
+    scorer = RateScorer(RateScorerConfig())
+    assert scorer.measure([sample(0, "ערב טוב, אורית, מה שלומך?", duration=2.0)]) == [
+        {"chars_per_s": 9.0, "letters": 18, "pauses": 2}]
+    assert scorer.version != "1"  # chars/s-only measurements of version 1 are measured again
+
+
+def test_robust_fit_recovers_known_coefficients_despite_ten_percent_outliers():
+    from caspi.audit.scorers import robust_linear_fit
+
+    rng = np.random.default_rng(0)
+    n = 300
+    letters, pauses = rng.integers(8, 60, n).astype(float), rng.integers(0, 4, n).astype(float)
+    seconds = (0.4 + 0.07 * letters + 0.2 * pauses) * np.exp(0.03 * rng.standard_normal(n))
+    outliers = rng.choice(n, n // 10, replace=False)  # 30 clips: half twice as long, half half as long
+    seconds[outliers[:15]] *= 2.0
+    seconds[outliers[15:]] *= 0.5
+    X = np.column_stack([np.ones(n), letters, pauses])
+    a, b, c = robust_linear_fit(X, seconds)
+    assert a == pytest.approx(0.4, abs=0.03) and b == pytest.approx(0.07, rel=0.02)
+    assert c == pytest.approx(0.2, abs=0.02)
+    ols = np.linalg.lstsq(X, seconds, rcond=None)[0]
+    assert abs(ols[0] - 0.4) > 0.15  # least squares is pulled away by the same outliers
+    assert np.array_equal(robust_linear_fit(X, seconds), [a, b, c])  # deterministic
+    # A column of zeros (no clip with a pause) gets the minimum-norm coefficient 0, the rest is still recovered.
+    clean = (0.4 + 0.07 * letters) * np.exp(0.03 * rng.standard_normal(n))
+    fitted = robust_linear_fit(np.column_stack([np.ones(n), letters, np.zeros(n)]), clean)
+    assert fitted[2] == 0 and fitted[1] == pytest.approx(0.07, rel=0.02)
+
+
+def test_a_clean_clip_with_two_commas_is_not_flagged_but_a_half_cut_transcript_is():
+    scorer = RateScorer(RateScorerConfig())
+    two_commas = sample("commas", transcript(12, 2), duration=0.3 + 0.07 * 12 + 0.4 * 2)  # as spoken, long pauses
+    half_cut = sample("cut", transcript(15), duration=0.3 + 0.07 * 30)  # 30 letters spoken, 15 in the transcript
+    samples = spoken("studio", 80, seed=1) + [two_commas, half_cut]
+    measures = scorer.measure(samples)
+    reasons = scorer.flag(samples, measures)
+    assert reasons[-2:] == [[], ["rate_low"]] and not any(reasons[:-2])
+    # Characters per second against the domain median (version 1) flagged the two-comma clip as well.
+    rates = robust_scores([m["chars_per_s"] for m in measures], [s.domain for s in samples], 20, 3.0)
+    assert rates.z[-2] < -rates.limit[-2]
+    fitted = scorer.fit(samples, measures)
+    assert fitted.own_fit.all() and fitted.expected[-2] == pytest.approx(two_commas.duration, rel=0.03)
+    # Too much text for the audio is the other tail: the same clip with appended words.
+    appended = sample("appended", transcript(30), duration=0.3 + 0.07 * 15)
+    assert scorer.flag(samples + [appended], scorer.measure(samples + [appended]))[-1] == ["rate_high"]
+
+
+def test_a_small_domain_uses_the_fit_of_all_samples():
+    from caspi.audit.scorers import robust_linear_fit
+
+    scorer = RateScorer(RateScorerConfig(min_domain_samples=20))
+    small = spoken("small", 6, seed=2, a=0.3, b=0.07, c=0.4)
+    small.append(sample("small-cut", transcript(20), duration=0.3 + 0.07 * 40, domain="small"))
+    samples = spoken("big", 60, seed=3) + small
+    measures = scorer.measure(samples)
+    fitted = scorer.fit(samples, measures)
+    assert fitted.own_fit[:60].all() and not fitted.own_fit[60:].any()
+    X = np.array([[1.0, m["letters"], m["pauses"]] for m in measures])
+    pooled = robust_linear_fit(X, np.array([s.duration for s in samples]))
+    assert np.allclose(fitted.expected[60:], X[60:] @ pooled)
+    reasons = scorer.flag(samples, measures)
+    assert reasons[-1] == ["rate_low"] and not any(reasons[:-1])
+    assert "(fit of all samples)" in scorer.explain(samples, measures)[-1]["rate_low"]
+    # A domain of 25 clips of one letter count cannot fit seconds per letter: the fit of all samples, but its
+    # residuals still against its own median.
+    same = [sample(f"same{i}", transcript(20), duration=1.7 + 0.002 * i, domain="same") for i in range(25)]
+    fitted = scorer.fit(samples + same, scorer.measure(samples + same))
+    assert not fitted.own_fit[-25:].any() and fitted.scores.own[-25:].all()
+
+
+def test_too_few_samples_for_a_fit_fall_back_to_characters_per_second():
+    scorer = RateScorer(RateScorerConfig(min_domain_samples=20))
+    samples = spoken("studio", 18, seed=4) + [sample("cut", transcript(10), duration=0.3 + 0.07 * 40)]
+    measures = scorer.measure(samples)
+    assert scorer.fit(samples, measures) is None  # 19 clips < 20
+    rates = robust_scores([m["chars_per_s"] for m in measures], [s.domain for s in samples], 20, 3.0)
+    expected = [["rate_low"] if z < -t else ["rate_high"] if z > t else [] for z, t in zip(rates.z, rates.limit)]
+    assert scorer.flag(samples, measures) == expected and expected[-1] == ["rate_low"]
+    assert scorer.explain(samples, measures)[-1]["rate_low"].startswith("3.2 chars/s, median of all samples ")
+    # 40 clips, but no domain with 20: no fit either (a pooled fit of small domains of different speeds does not
+    # pin the seconds per letter down).
+    mixed = [c for k, name in enumerate(("a", "b", "c", "d")) for c in spoken(name, 10, seed=5 + k, b=0.06 + 0.01 * k)]
+    assert scorer.fit(mixed, scorer.measure(mixed)) is None
+
+
+def test_half_cut_transcripts_cannot_pull_the_fit():
+    """Half-cut transcripts have few letters for their seconds: outlying in X, they pull a fit started from least
+    squares or Huber's (to 0.02 s per letter here); the trimmed start keeps them out."""
+    from caspi.audit.scorers import robust_linear_fit
+
+    rng = np.random.default_rng(0)
+    letters = rng.integers(14, 25, 18).astype(float)
+    seconds = (0.5 + 0.085 * letters) * np.exp(0.04 * rng.standard_normal(18))
+    said = rng.integers(16, 23, 6).astype(float)  # 6 of 24 transcripts lost half their letters
+    letters, seconds = np.r_[letters, np.floor(said / 2)], np.r_[seconds, (0.5 + 0.085 * said)]
+    X = np.column_stack([np.ones(24), letters, np.zeros(24)])
+    assert robust_linear_fit(X, seconds)[1] == pytest.approx(0.085, rel=0.15)
+    samples = [sample(i, transcript(int(k)), duration=float(d)) for i, (k, d) in enumerate(zip(letters, seconds))]
+    reasons = RateScorer(RateScorerConfig()).flag(samples, RateScorer(RateScorerConfig()).measure(samples))
+    assert reasons == [[]] * 18 + [["rate_low"]] * 6
+
+
+def test_rate_reasons_say_the_seconds_expected_from_letters_and_pauses():
+    scorer = RateScorer(RateScorerConfig())
+    samples = spoken("studio", 80, seed=1) + [sample("cut", transcript(22, 2), duration=4.4)]
+    notes = scorer.explain(samples, scorer.measure(samples))
+    # 0.3 + 0.07 × 22 + 0.4 × 2 = 2.64 s expected
+    assert re.fullmatch(r"4\.4 s of audio, 2\.6 s expected from 22 letters and 2 pauses \(studio fit\), "
+                        r"z -\d+\.\d, limit ±3\.\d\d", notes[-1]["rate_low"])
+    assert not any(notes[:-1])

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from caspi.audit import vad
+from caspi.audit.vad import vad_measures
+from caspi.data import vad
 from caspi.data import synth
 from caspi.data.cuts import cut_domain, read_manifest
 from caspi.errors import ConfigError, DataError
@@ -194,7 +195,7 @@ def test_segments_match_get_speech_timestamps_on_speech_with_silence_around(corp
 
 @pytest.mark.espeak
 def test_measures_on_synthetic_speech_by_domain(corpus, model):
-    measures = vad.vad_measures([x for _, x, _ in corpus], model=model)
+    measures = vad_measures([x for _, x, _ in corpus], model=model)
     by_domain: dict[str, list[float]] = {}
     for (cut, x, kind), m in zip(corpus, measures):
         assert m["duration_s"] == pytest.approx(len(x) / SR)
@@ -229,7 +230,7 @@ def test_measures_on_silence_and_noise(model):
         "pink 0.3": 0.3 * _pink(n, rng),
         "one second": np.zeros(SR, dtype=np.float32),
     }
-    measures = vad.vad_measures(list(clips.values()), model=model)
+    measures = vad_measures(list(clips.values()), model=model)
     for name, m in zip(clips, measures):
         assert m["speech_coverage"] == 0.0 and m["segments"] == 0, (name, m)
         assert m["first_speech_s"] is None and m["last_speech_s"] is None
@@ -237,7 +238,7 @@ def test_measures_on_silence_and_noise(model):
 
 
 def test_measures_empty_clip_and_sample_rate(model):
-    (m,) = vad.vad_measures([np.zeros(0, dtype=np.float32)], model=model)
+    (m,) = vad_measures([np.zeros(0, dtype=np.float32)], model=model)
     assert m == {
         "speech_s": 0.0,
         "duration_s": 0.0,
@@ -248,7 +249,7 @@ def test_measures_empty_clip_and_sample_rate(model):
         "max_speech_prob": 0.0,
     }
     with pytest.raises(ConfigError, match="16000 Hz"):
-        vad.vad_measures([np.zeros(8000, dtype=np.float32)], sample_rate=8000, model=model)
+        vad_measures([np.zeros(8000, dtype=np.float32)], sample_rate=8000, model=model)
 
 
 def test_max_speech_prob_separates_noise_from_speech_that_makes_no_segment(model):
@@ -256,5 +257,5 @@ def test_max_speech_prob_separates_noise_from_speech_that_makes_no_segment(model
     rng = np.random.default_rng(1)
     noise = (0.05 * rng.standard_normal(32000)).astype(np.float32)
     silence = np.zeros(16000, dtype=np.float32)
-    m_noise, m_silence = vad.vad_measures([noise, silence], model=model)
+    m_noise, m_silence = vad_measures([noise, silence], model=model)
     assert m_noise["max_speech_prob"] < 0.2 and m_silence["max_speech_prob"] < 0.2

@@ -218,3 +218,74 @@ def test_compare_systems_needs_a_manifest_for_a_model(tmp_path):
         compare_systems("runs/r1", tmp_path / "b", tmp_path / "cmp")
     assert not (tmp_path / "cmp").exists()
 
+
+
+def test_eval_counts_loops_per_domain_and_reads_folders_without_the_new_fields(tmp_path):
+    m = manifest(tmp_path, n=6)
+    hyps = {f"utt-{i:03d}": SENTENCES[i % 5] for i in range(6)}
+    hyps["utt-001"] = "תודה " * 12  # whatsapp (odd ids): the known failure, one word until the token limit
+    result = evaluate(m, tmp_path / "out", hypotheses=str(write_hyps(tmp_path / "h.jsonl", hyps)), resamples=20,
+                      progress=False)
+    assert result.summary["loops"] == 1
+    assert result.summary["domains"]["whatsapp"]["loops"] == 1 and result.summary["domains"]["studio"]["loops"] == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["loop"] for r in records] == [False, True, False, False, False, False]
+    assert not any("chunks" in r for r in records)  # no model: nothing decoded in chunks
+    # A folder written before `loop` and `chunks` existed: compare reads it as it reads a new one.
+    old = tmp_path / "old"
+    old.mkdir()
+    text = "".join(json.dumps({k: v for k, v in r.items() if k != "loop"}, ensure_ascii=False) + "\n"
+                   for r in records)
+    (old / "predictions.jsonl").write_text(text, encoding="utf-8")
+    summary = {k: v for k, v in result.summary.items() if k != "loops"}
+    summary["predictions"] = {**summary["predictions"], "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    (old / "summary.json").write_text(json.dumps(summary, ensure_ascii=False), encoding="utf-8")
+    assert main(["compare", str(tmp_path / "out"), str(old), "--out", str(tmp_path / "cmp")]) == 0
+
+
+@pytest.mark.espeak
+def test_eval_decodes_a_long_clip_in_chunks_and_short_clips_as_before(synth_corpus, tmp_path, monkeypatch):
+    """A 70 s recording (eval clips joined with 1 s pauses) next to short clips: the long one is decoded in chunks of
+    at most 30 s cut in the pauses and recorded as such; the short ones go to the model as they always did (one
+    duration-sorted batch of whole clips, the guard off)."""
+    from caspi.data.audio import write_flac
+    from caspi.data.cuts import load_cut_audio
+    from caspi.models import get_family
+
+    cuts = list(read_manifest(synth_corpus.eval_manifest))
+    pause = np.zeros(16_000, np.float32)
+    parts, texts = [], []
+    while sum(len(p) for p in parts) < 70 * 16_000:
+        cut = cuts[len(texts) % len(cuts)]
+        parts += [load_cut_audio(cut), pause]
+        texts.append(cut.supervisions[0].text)
+    long_audio = np.concatenate(parts)
+    write_flac(tmp_path / "long.flac", long_audio)
+    long_cut = make_cut("long", tmp_path / "long.flac", len(long_audio), " ".join(texts), domain="d1")
+    m = write_manifest(CutSet.from_cuts([long_cut, *cuts[:3]]), tmp_path / "eval.jsonl.gz")
+    model_dir = save_tiny_model(tmp_path / "model", SENTENCES, seed=0, size="xs")
+    config = EvalConfig(max_new_tokens=4, batch_size=4)
+    family_type = type(get_family("qwen3_asr"))
+    calls, real_decode = [], family_type.decode
+
+    def spy(self, model, processor, clips, **kwargs):
+        calls.append(([len(c) for c in clips], kwargs))
+        return real_decode(self, model, processor, clips, **kwargs)
+
+    monkeypatch.setattr(family_type, "decode", spy)
+    result = evaluate(m, tmp_path / "out", config, model=str(model_dir), resamples=20, progress=False)
+    decoding = result.summary["decoding"]
+    records = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "predictions.jsonl").read_text().splitlines())}
+    chunks = records["long"]["chunks"]
+    assert decoding["chunked_utterances"] == 1 and decoding["chunks"] == len(chunks) >= 3
+    assert chunks[0][0] == 0 and chunks[-1][1] == pytest.approx(len(long_audio) / 16_000, abs=1e-3)
+    assert all(end - start <= 30 for start, end, _ in chunks)
+    assert [cut for _, _, cut in chunks] == ["silence"] * (len(chunks) - 1) + ["end"]
+    assert all("chunks" not in records[c.id] for c in cuts[:3]) and all("loop" in r for r in records.values())
+    by_duration = sorted(cuts[:3], key=lambda c: c.duration)
+    assert calls[0] == ([c.num_samples for c in by_duration],
+                        dict(max_new_tokens=4, batch_size=3, num_beams=1, language=None, no_repeat_ngram_size=0,
+                             repetition_penalty=1.0))
+    # The long recording's chunks: the rest of the calls, at most 4 per call, none over 30 s.
+    sizes = [n for lengths, _ in calls[1:] for n in lengths]
+    assert len(sizes) == len(chunks) and max(sizes) <= 30 * 16_000 and all(len(c[0]) <= 4 for c in calls[1:])

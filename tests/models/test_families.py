@@ -490,3 +490,78 @@ def test_checkpointing_records_no_frozen_audio():
     model.enable_input_require_grads()
     model(**family.build_inputs(processor, AUDIO, TEXTS))
     assert seen["grad"] is True
+
+
+def test_repetition_guard_options_only_when_on():
+    from caspi.models.families import repetition_guard
+
+    assert repetition_guard() == {}  # off: generate keeps the model's own generation_config
+    assert repetition_guard(3, 1.2) == {"no_repeat_ngram_size": 3, "repetition_penalty": 1.2}
+    with pytest.raises(ConfigError, match="no_repeat_ngram_size"):
+        repetition_guard(-1)
+    with pytest.raises(ConfigError, match="repetition_penalty"):
+        repetition_guard(0, 0.0)
+
+
+def _generated(model, monkeypatch) -> list:
+    """Spy on `model.generate`: the list each call appends (its kwargs, its output ids) to."""
+    calls, real = [], model.generate
+
+    def spy(**kwargs):
+        out = real(**kwargs)
+        calls.append((kwargs, out))
+        return out
+
+    monkeypatch.setattr(model, "generate", spy)
+    return calls
+
+
+def _repeated_bigrams(rows: torch.Tensor, start: int, stop_ids: set[int], length: int = 20) -> int:
+    """Repeated token bigrams in the first `length` generated tokens of each row (from `start`, up to its first stop
+    token), summed."""
+    repeats = 0
+    for row in rows.tolist():
+        ids = row[start:start + length]
+        ids = ids[: next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))]
+        grams = list(zip(ids, ids[1:]))
+        repeats += len(grams) - len(set(grams))
+    return repeats
+
+
+@pytest.mark.parametrize("name", ["qwen", "whisper"])
+def test_repetition_guard_reaches_generate(name, request, monkeypatch):
+    """A random tiny model loops (it writes the same few tokens until max_new_tokens); with no_repeat_ngram_size=2
+    no token bigram of what it writes repeats, a repetition penalty changes what it writes, and the defaults pass
+    nothing (generation exactly as before)."""
+    family, model, processor = request.getfixturevalue(name)
+    calls = _generated(model, monkeypatch)
+    tok = processor.tokenizer
+    stop = {tok.eos_token_id, tok.pad_token_id}
+
+    def written(**guard):
+        calls.clear()
+        family.decode(model, processor, AUDIO, max_new_tokens=24, **guard)
+        kwargs, out = calls[0]
+        # Qwen3-ASR returns prompt + new tokens. Whisper's random model writes timestamp tokens, and its generate
+        # (transformers 5) then returns the new tokens only, more of them than max_new_tokens (456 for 24,
+        # measured; under the guard one 23-token run repeated): only the first 20 tokens are compared.
+        start = kwargs["input_ids"].shape[1] if "input_ids" in kwargs else 0
+        return kwargs, out, start
+
+    kwargs, plain, start = written(no_repeat_ngram_size=0, repetition_penalty=1.0)
+    assert "no_repeat_ngram_size" not in kwargs and "repetition_penalty" not in kwargs
+    assert _repeated_bigrams(plain, start, stop) > 0  # the check can fail: unguarded, the random model repeats
+    kwargs, guarded, _ = written(no_repeat_ngram_size=2)
+    assert kwargs["no_repeat_ngram_size"] == 2 and _repeated_bigrams(guarded, start, stop) == 0
+    kwargs, penalised, _ = written(repetition_penalty=5.0)
+    assert kwargs["repetition_penalty"] == 5.0 and not torch.equal(penalised, plain)
+
+
+@pytest.mark.parametrize("name", ["qwen", "whisper"])
+def test_beam_search_decodes_with_both_families(name, request):
+    family, model, processor = request.getfixturevalue(name)
+    greedy = family.decode(model, processor, AUDIO, max_new_tokens=6)
+    beam = family.decode(model, processor, AUDIO, max_new_tokens=6, num_beams=5)
+    assert len(beam) == len(AUDIO) and all(isinstance(h, str) for h in beam)
+    # Beam 5's best sequence scores at least greedy's: with one beam it must equal greedy.
+    assert family.decode(model, processor, AUDIO, max_new_tokens=6, num_beams=1) == greedy

@@ -7,7 +7,9 @@ or models): the recipe arrives as a duck-typed object, a model family's window a
 - `stats`: mergeable manifest statistics for `caspi stats`.
 - `synth`: the synthetic espeak-ng corpus with planted errors (word lists in `lexicon/`).
 - `ingest`: `caspi import`, from any source to a manifest; `importers/` holds what is specific to each source kind
-  (`hf`, `nemo`, `folder`, `lhotse`).
+  (`hf`, `nemo`, `folder`, `lhotse`) and the field's eval sets by name (`sets`).
+- `vad`: silero-vad speech probabilities and segments, batched across clips (the audit's `vad` scorer, long-form
+  chunking).
 - `sampling`: duration-bucketed, distributed, exactly resumable micro-batch sampling.
 - `dataset`: a sampled micro-batch to padded audio and training text (then the family's features and tokens), with
   speed perturbation.

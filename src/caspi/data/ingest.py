@@ -4,7 +4,8 @@
 - a Hugging Face dataset id (`org/name`), a local `save_to_disk` folder, or local parquet file(s) (`importers.hf`);
 - a NeMo-style JSONL manifest (`importers.nemo`);
 - a folder of audio files (wav, flac, ogg, mp3) with same-named `.txt` transcripts (`importers.folder`);
-- a Lhotse CutSet manifest (`importers.lhotse`).
+- a Lhotse CutSet manifest (`importers.lhotse`);
+- one of the field's eval sets by name (`eval-d1`, `kan`, ...: `importers.sets`), from the hub or a stand-in root.
 What follows is the same for every source, and lives here: each importer yields jobs, checked first for what needs
 no audio (transcript, duplicate id) in source order, then decoded (in a process pool) to check the audio. Files
 that are already 16 kHz mono WAV/FLAC are referenced in place; everything else is written as 16 kHz mono FLAC to
@@ -45,6 +46,7 @@ from caspi.data.importers.folder import AUDIO_EXTENSIONS, from_folder
 from caspi.data.importers.hf import from_disk, from_hub, from_parquet
 from caspi.data.importers.lhotse import from_lhotse
 from caspi.data.importers.nemo import from_nemo
+from caspi.data.importers.sets import EVAL_SETS, EvalSet, open_eval_set
 from caspi.errors import AudioError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ class _Decoded:
 
 
 def import_source(
-    source: str | Path,
+    source: str | Path | EvalSet,
     out: str | Path,
     *,
     domain: str | None = None,
@@ -115,6 +117,7 @@ def import_source(
     strict: bool = False,
     workers: int = 2,
     progress: bool = True,
+    sets_root: str | Path | None = None,
 ) -> ImportResult:
     """Import `source` (HF id, save_to_disk folder, parquet, NeMo JSONL, audio folder or Lhotse manifest) to `out`.
 
@@ -124,6 +127,10 @@ def import_source(
     the default column names; `split` picks a split of a HF dataset or split-named parquet files (default
     `train`). `max_duration`/`min_duration` (seconds) reject samples outside the range. `strict=True` raises
     `DataError` on the first bad sample instead of skipping it. Decoding runs in `workers` processes.
+
+    An eval set's name (`caspi.data.importers.sets.EVAL_SETS`; an existing file or folder of that name wins unless
+    `sets_root` is given) or its `EvalSet` fills in hub id, split, columns and domain (arguments given still
+    override them); `sets_root` (else `$CASPI_EVAL_SETS`) is a local stand-in root read instead of the hub.
 
     Raises `ConfigError` when the source type cannot be recognised, `DataError` for a missing column, an
     unreachable hub dataset, a bad sample under `strict`, or when no sample survives.
@@ -142,6 +149,7 @@ def import_source(
         audio_field=audio_field,
         id_field=id_field,
         split=split,
+        sets_root=sets_root,
     )
     audio_dir.mkdir(parents=True, exist_ok=True)
 
@@ -197,11 +205,16 @@ def import_source(
 
 
 def _open_source(
-    source: str | Path, *, audio_dir: Path, domain, text_field, audio_field, id_field, split
+    source: str | Path | EvalSet, *, audio_dir: Path, domain, text_field, audio_field, id_field, split, sets_root
 ) -> tuple[str, int | None, Iterator[Job]]:
     """Recognise the source type; return (kind, number of samples if known, jobs)."""
-    path = Path(source)
     fields = {"domain": domain, "text_field": text_field, "audio_field": audio_field, "id_field": id_field}
+    if isinstance(source, EvalSet) or (sets_root is not None and str(source) in EVAL_SETS):
+        return open_eval_set(source, sets_root=sets_root, split=split, **fields)
+    if sets_root is not None:
+        raise ConfigError(f"{source}: --sets-root applies to an eval set name ({', '.join(EVAL_SETS)}), "
+                          "not to a file, folder or hub id")
+    path = Path(source)
     if path.is_file():
         if path.suffix == ".parquet":
             return from_parquet([path], path.parent, path.stem, split=split, **fields)
@@ -235,9 +248,12 @@ def _open_source(
             f"{path}: folder holds no HF dataset (save_to_disk), no parquet files and no audio files "
             f"({', '.join(AUDIO_EXTENSIONS)})"
         )
+    if str(source) in EVAL_SETS:
+        return open_eval_set(str(source), split=split, **fields)
     if _HF_ID.match(str(source)) and not str(source).startswith("."):
         return from_hub(str(source), split=split, **fields)
-    raise ConfigError(f"{source}: not an existing file or folder, nor a Hugging Face dataset id of the form 'org/name'")
+    raise ConfigError(f"{source}: not an existing file or folder, a Hugging Face dataset id of the form 'org/name', "
+                      f"nor an eval set name ({', '.join(EVAL_SETS)})")
 
 
 # ------------------------------------------------------------------------------------------------ validation

@@ -6,9 +6,17 @@ domain with the one Hebrew normaliser.
 
 Outputs in DIR:
     predictions.jsonl   per utterance: id, domain, reference, hypothesis, both normalised, word and character
-                        substitutions / deletions / insertions and reference lengths
+                        substitutions / deletions / insertions and reference lengths; `loop` (the hypothesis is a
+                        repetition loop, `caspi.longform.is_loop`); `chunks` ([[start_s, end_s, cut], ...]) for an
+                        utterance longer than `eval.chunk_seconds`, which was decoded in chunks
     summary.json        per domain and overall (micro over words, macro over domains): WER and CER with 95 %
-                        bootstrap intervals (utterances resampled, seeded), counts, the model and throughput
+                        bootstrap intervals (utterances resampled, seeded), counts, `loops` (also per domain), the
+                        model, throughput and `decoding.chunked_utterances` / `decoding.chunks`
+
+Clips up to `eval.chunk_seconds` are decoded whole in duration-sorted batches, as they always were; longer ones go
+through `caspi.longform.decode_long` (cut at silero-vad silences, chunks of all long recordings batched together,
+joined in order), a group of at most `LONG_GROUP_SECONDS` of audio in memory at a time. Folders written before
+`loop` and `chunks` existed read as before.
 
 Both files are written atomically (temp file, fsync, rename), summary.json last: it records the predictions' count
 and sha256, so it marks the folder complete. `read_predictions` (and so `caspi compare`) accepts only a complete
@@ -30,11 +38,15 @@ from caspi.config import EvalConfig
 from caspi.data.cuts import cut_domain, cut_text, load_cut_audio, read_manifest, write_jsonl, write_text_atomic
 from caspi.data.text import NORMALISERS
 from caspi.errors import DataError
-from caspi.models.loading import load_model, trained_language
 from caspi.eval.bootstrap import bootstrap_ci, macro_bootstrap, percentile_ci
+from caspi.longform import chunk_limits, decode_long, is_loop
+from caspi.models.loading import load_model, trained_language
 from caspi.scoring import UtteranceCounts, rate, utterance_counts
 
 PREDICTIONS, SUMMARY = "predictions.jsonl", "summary.json"
+# Seconds of long recordings loaded and decoded together (their chunks batched across them): 1 h of 16 kHz float32
+# is 230 MB; eval-d1's 17 long recordings fit in one or two groups.
+LONG_GROUP_SECONDS = 3600.0
 
 
 @dataclass
@@ -63,18 +75,25 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvalConfig | Non
     refs = [cut_text(c) for c in cuts]
     domains = [cut_domain(c) for c in cuts]
     info: dict = {"manifest": str(manifest), "normaliser": normaliser}
+    chunks: list[list | None] = [None] * len(cuts)
+    chunk_loops = [False] * len(cuts)
     if model is not None:
-        hyps, info["decoding"] = _transcribe(model, cuts, config, language, progress)
+        hyps, chunks, chunk_loops, info["decoding"] = _transcribe(model, cuts, config, language, progress)
         info["model"] = str(model)
     else:
         hyps, info["hypotheses_file"] = _read_hypotheses(Path(hypotheses), cuts), str(hypotheses)
+    # A loop inside one chunk of a long recording may be a small share of the whole text: its chunk's flag counts.
+    loops = [looped or is_loop(h, config.loop_max_ngram, config.loop_min_repeats, config.loop_min_share)
+             for h, looped in zip(hyps, chunk_loops)]
     counts = utterance_counts(refs, hyps, normaliser)
     summary = summarise(counts, domains, resamples=resamples, seed=seed)
-    summary.update(info, empty_hypotheses=sum(not h.strip() for h in hyps))
+    summary.update(info, empty_hypotheses=sum(not h.strip() for h in hyps), loops=sum(loops))
+    for name, entry in summary["domains"].items():
+        entry["loops"] = sum(loop for loop, d in zip(loops, domains) if d == name)
     # An earlier eval's summary goes first: until the new one is written the folder reads as incomplete, never as
     # old summary + new predictions.
     (out_dir / SUMMARY).unlink(missing_ok=True)
-    _write_predictions(out_dir / PREDICTIONS, cuts, domains, refs, hyps, counts, normaliser)
+    _write_predictions(out_dir / PREDICTIONS, cuts, domains, refs, hyps, counts, normaliser, loops, chunks)
     summary["predictions"] = {"file": PREDICTIONS, "utterances": len(cuts),
                               "sha256": hashlib.sha256((out_dir / PREDICTIONS).read_bytes()).hexdigest()}
     write_text_atomic(out_dir / SUMMARY, json.dumps(summary, indent=2, ensure_ascii=False))
@@ -82,38 +101,78 @@ def evaluate(manifest: str | Path, out_dir: str | Path, config: EvalConfig | Non
 
 
 def _transcribe(spec: str, cuts: list, config: EvalConfig, language: str | None,
-                progress: bool) -> tuple[list[str], dict]:
-    """Hypotheses in the order of `cuts`, decoded in duration-sorted batches (little padding); throughput."""
+                progress: bool) -> tuple[list[str], list[list | None], list[bool], dict]:
+    """Hypotheses in the order of `cuts`, each chunked utterance's chunks ([start_s, end_s, cut], else None), whether
+    one of its chunks is a loop (`LongResult.loop`; False for clips decoded whole), and the decoding record
+    (settings, throughput, chunk counts). Clips up to `chunk_seconds` are decoded whole in
+    duration-sorted batches (little padding); longer ones in chunks (`caspi.longform.decode_long`)."""
     import torch
     from tqdm import tqdm
 
     batch_size, num_beams = config.batch_size, config.num_beams
     model, processor, family = load_model(spec)
+    max_s, _ = chunk_limits(family, config)  # ConfigError before any decoding when the family cannot take the cap
     language = trained_language(spec) or language
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     order = sorted(range(len(cuts)), key=lambda i: cuts[i].duration)
+    whole = [i for i in order if cuts[i].duration <= max_s]
+    long = [i for i in order if cuts[i].duration > max_s]
     hyps: list[str | None] = [None] * len(cuts)
+    chunks: list[list | None] = [None] * len(cuts)
+    loops = [False] * len(cuts)
     audio_s = 0.0
     started = time.perf_counter()
     bar = tqdm(total=len(cuts), desc="eval", unit="clip", disable=not progress, file=sys.stderr)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+    for start in range(0, len(whole), batch_size):
+        rows = whole[start:start + batch_size]
         clips = [load_cut_audio(cuts[i]) for i in rows]
         audio_s += sum(len(c) for c in clips) / 16000
         out = family.decode(model, processor, clips, max_new_tokens=config.max_new_tokens, batch_size=len(clips),
-                            num_beams=num_beams, language=language)
+                            num_beams=num_beams, language=language, no_repeat_ngram_size=config.no_repeat_ngram_size,
+                            repetition_penalty=config.repetition_penalty)
         for i, h in zip(rows, out):
             hyps[i] = h
         bar.update(len(rows))
+    chunk_count = 0
+    for group in _groups(long, cuts):
+        clips = [load_cut_audio(cuts[i]) for i in group]
+        audio_s += sum(len(c) for c in clips) / 16000
+        results = decode_long(family, model, processor, clips, config=config, language=language)
+        del clips  # the next group's audio replaces this one's, not joins it
+        for i, result in zip(group, results):
+            hyps[i], loops[i] = result.text, result.loop
+            if result.chunked:
+                chunks[i] = [[round(c["start_s"], 3), round(c["end_s"], 3), c["cut"]] for c in result.chunks]
+                chunk_count += len(result.chunks)
+        bar.update(len(group))
     bar.close()
     seconds = time.perf_counter() - started
     decoding = {"device": str(device), "batch_size": batch_size, "num_beams": num_beams,
+                "no_repeat_ngram_size": config.no_repeat_ngram_size, "repetition_penalty": config.repetition_penalty,
                 "language": language or "Hebrew", "seconds": seconds,
-                "clips_per_s": len(cuts) / seconds, "real_time_factor": seconds / audio_s if audio_s else None}
-    print(f"decoded {len(cuts)} clips ({audio_s / 60:.1f} min of audio) in {seconds:.1f} s: "
-          f"{len(cuts) / seconds:.1f} clips/s, real-time factor {decoding['real_time_factor']:.3f}", file=sys.stderr)
-    return [h or "" for h in hyps], decoding
+                "clips_per_s": len(cuts) / seconds, "real_time_factor": seconds / audio_s if audio_s else None,
+                "chunk_seconds": max_s, "chunked_utterances": sum(c is not None for c in chunks),
+                "chunks": chunk_count}
+    print(f"decoded {len(cuts)} clips ({audio_s / 60:.1f} min of audio; {decoding['chunked_utterances']} in "
+          f"{chunk_count} chunks) in {seconds:.1f} s: {len(cuts) / seconds:.1f} clips/s, real-time factor "
+          f"{decoding['real_time_factor']:.3f}", file=sys.stderr)
+    return [h or "" for h in hyps], chunks, loops, decoding
+
+
+def _groups(rows: list[int], cuts: list) -> list[list[int]]:
+    """`rows` (indices of long cuts) in consecutive groups of at most `LONG_GROUP_SECONDS` of audio (at least one
+    cut each): the audio decode_long holds at once."""
+    groups: list[list[int]] = []
+    total = 0.0  # seconds in the last group
+    for i in rows:
+        if groups and total + cuts[i].duration <= LONG_GROUP_SECONDS:
+            groups[-1].append(i)
+            total += cuts[i].duration
+        else:
+            groups.append([i])
+            total = cuts[i].duration
+    return groups
 
 
 def _read_hypotheses(path: Path, cuts: list) -> list[str]:
@@ -155,7 +214,8 @@ def _read_hypotheses(path: Path, cuts: list) -> list[str]:
     return hyps
 
 
-def _write_predictions(path: Path, cuts, domains, refs, hyps, counts: UtteranceCounts, normaliser: str) -> None:
+def _write_predictions(path: Path, cuts, domains, refs, hyps, counts: UtteranceCounts, normaliser: str,
+                       loops: list[bool], chunks: list[list | None]) -> None:
     norm = NORMALISERS[normaliser]
     records = (
         {
@@ -165,6 +225,7 @@ def _write_predictions(path: Path, cuts, domains, refs, hyps, counts: UtteranceC
             "word_insertions": int(counts.word_ins[i]), "ref_words": int(counts.ref_words[i]),
             "char_substitutions": int(counts.char_sub[i]), "char_deletions": int(counts.char_del[i]),
             "char_insertions": int(counts.char_ins[i]), "ref_chars": int(counts.ref_chars[i]),
+            "loop": loops[i], **({"chunks": chunks[i]} if chunks[i] is not None else {}),
         }
         for i, cut in enumerate(cuts)
     )

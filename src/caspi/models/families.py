@@ -49,6 +49,22 @@ class GroupDef:
         return self.num_layers is not None
 
 
+def repetition_guard(no_repeat_ngram_size: int = 0, repetition_penalty: float = 1.0) -> dict[str, Any]:
+    """`generate` options of the repetition guard: only those that are on, so that with both off generation keeps
+    whatever the model's own generation_config says (a hub Whisper may set its own). Raises ConfigError for values
+    `generate` would reject later, mid-eval."""
+    if isinstance(no_repeat_ngram_size, bool) or not isinstance(no_repeat_ngram_size, int) or no_repeat_ngram_size < 0:
+        raise ConfigError(f"no_repeat_ngram_size must be an integer >= 0 (0: off), got {no_repeat_ngram_size!r}")
+    if not repetition_penalty > 0:
+        raise ConfigError(f"repetition_penalty must be > 0 (1.0: off), got {repetition_penalty!r}")
+    guard: dict[str, Any] = {}
+    if no_repeat_ngram_size:
+        guard["no_repeat_ngram_size"] = no_repeat_ngram_size
+    if repetition_penalty != 1.0:
+        guard["repetition_penalty"] = float(repetition_penalty)
+    return guard
+
+
 class ModelFamily(ABC):
     """The interface every family implements; see `caspi.models.qwen3_asr` and `caspi.models.whisper`."""
 
@@ -104,21 +120,27 @@ class ModelFamily(ABC):
         autocast_dtype: torch.dtype | None = None,
         num_beams: int = 1,
         language: str | None = None,
+        no_repeat_ngram_size: int = 0,
+        repetition_penalty: float = 1.0,
     ) -> list[str]:
         """Transcription of each clip, in batches of `batch_size`: greedy, or beam search with `num_beams` > 1.
         `autocast_dtype`: run generation under autocast (a model being trained holds float32 master copies next to
-        bf16 weights); feature extraction stays outside it. `language`: as in `build_inputs`. The model runs in
-        eval mode and gets its own mode back afterwards, also when generation fails (an in-training eval that
-        raised must not leave dropout and checkpointing off)."""
+        bf16 weights); feature extraction stays outside it. `language`: as in `build_inputs`. The repetition guard
+        (`generate`'s options of the same names; see `repetition_guard`): `no_repeat_ngram_size` > 0 bans any
+        token n-gram of that size from appearing twice, `repetition_penalty` > 1 lowers the logits of tokens already
+        in the sequence; 0 and 1.0 (the defaults) leave generation exactly as without them. The model runs in eval
+        mode and gets its own mode back afterwards, also when generation fails (an in-training eval that raised
+        must not leave dropout and checkpointing off)."""
         was_training = model.training
         model.eval()
         first = next(model.parameters())
+        guard = repetition_guard(no_repeat_ngram_size, repetition_penalty)
         hyps: list[str] = []
         try:
             for start in range(0, len(audio), batch_size):
                 hyps += self._decode_batch(model, processor, audio[start : start + batch_size], device=first.device,
                                            dtype=first.dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                           autocast_dtype=autocast_dtype, language=language)
+                                           autocast_dtype=autocast_dtype, language=language, guard=guard)
         finally:
             model.train(was_training)
         return hyps
@@ -126,8 +148,9 @@ class ModelFamily(ABC):
     @abstractmethod
     def _decode_batch(self, model, processor, audio: list[np.ndarray], *, device: torch.device, dtype: torch.dtype,
                       max_new_tokens: int, num_beams: int, autocast_dtype: torch.dtype | None,
-                      language: str | None) -> list[str]:
-        """One batch of `decode` (the model already in eval mode): features → generate → the texts."""
+                      language: str | None, guard: dict[str, Any]) -> list[str]:
+        """One batch of `decode` (the model already in eval mode): features → generate (with the `guard` options)
+        → the texts."""
 
     @abstractmethod
     def param_groups(self, config) -> dict[str, GroupDef]:

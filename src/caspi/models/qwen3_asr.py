@@ -383,14 +383,17 @@ class Qwen3ASRFamily(ModelFamily):
 
     @torch.no_grad()
     def _decode_batch(self, model, processor, audio, *, device, dtype, max_new_tokens, num_beams, autocast_dtype,
-                      language):
+                      language, guard):
         """The text the model writes after `language {language}<asr_text>` (None: Hebrew). Prompts are left-padded
         (a batched decoder-only model must continue every row at the same position). If the model writes another
-        `<asr_text>`, the text after the last one is returned."""
+        `<asr_text>`, the text after the last one is returned. The repetition `guard` sees the prompt as part of
+        the sequence (a decoder-only model's input_ids): the penalty also lowers the prompt's tokens (audio
+        placeholders and chat markers, which a transcript never holds), and no n-gram of the prompt is repeated."""
         batch = self.build_inputs(processor, audio, None, padding_side="left", dtype=dtype, language=language)
         batch = {k: v.to(device) for k, v in batch.items()}
         with generation_autocast(device, autocast_dtype):
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams)
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams,
+                                       **guard)
         new_tokens = generated[:, batch["input_ids"].shape[1] :]  # (B, ≤ max_new_tokens)
         return [text.rsplit(ASR_TEXT, 1)[-1].strip()
                 for text in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -254,8 +254,9 @@ class WhisperFamily(ModelFamily):
 
     @torch.no_grad()
     def _decode_batch(self, model, processor, audio, *, device, dtype, max_new_tokens, num_beams, autocast_dtype,
-                      language):
-        """The language token forced (`language`, Hebrew by default), task `transcribe`, no timestamps."""
+                      language, guard):
+        """The language token forced (`language`, Hebrew by default), task `transcribe`, no timestamps; the
+        repetition `guard` options passed on to `generate`."""
         batch = self.build_inputs(processor, audio, None, dtype=dtype)
         with generation_autocast(device, autocast_dtype):
             generated = model.generate(
@@ -265,6 +266,7 @@ class WhisperFamily(ModelFamily):
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=num_beams,
+                **guard,
             )
         return [t.strip() for t in processor.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 

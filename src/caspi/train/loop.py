@@ -443,7 +443,9 @@ class TrainingRun:
             started = time.perf_counter()
             hyps = self.family.decode(self.model, self.processor, subset["audio"], max_new_tokens=e.max_new_tokens,
                                       batch_size=e.batch_size, autocast_dtype=self.autocast_dtype,
-                                      num_beams=e.num_beams, language=self.recipe.model.language)
+                                      num_beams=e.num_beams, language=self.recipe.model.language,
+                                      no_repeat_ngram_size=e.no_repeat_ngram_size,
+                                      repetition_penalty=e.repetition_penalty)
             overall = score(subset["refs"], hyps, e.normaliser)
             record = {"kind": "eval", "step": p.step, "epoch": p.epoch, "wer": overall.wer, "cer": overall.cer,
                       "utterances": overall.utterances, "seconds": round(time.perf_counter() - started, 3)}
