@@ -25,6 +25,7 @@ LAYERS = {
     "caspi": 0,  # the root package: __version__ only
     "caspi.errors": 0,
     "caspi.folders": 0.5,  # output folders: imports only caspi.errors, so data, models and train share it
+    "caspi.progress": 0.5,  # progress bars on a terminal, plain lines in logs: imports only caspi.errors
     "caspi.data": 1,
     "caspi.models": 1,
     "caspi.config": 2,

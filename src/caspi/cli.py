@@ -17,6 +17,7 @@ import time
 import traceback
 
 from caspi.errors import CaspiError, ConfigError
+from caspi.progress import line_interval
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_STOP = 0, 1, 2, 3
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")  # section.key[.sub]=value
@@ -525,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             build_parser().print_help()
             return EXIT_USAGE
         args.argv = argv
+        line_interval()  # a bad CASPI_PROGRESS_EVERY_S stops the command now, not when its first bar starts
         started = time.time()
         code = int(args.func(args) or EXIT_OK)
         _record(args, argv, code, started)

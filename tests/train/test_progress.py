@@ -6,12 +6,10 @@ from __future__ import annotations
 import io
 import sys
 
-import pytest
-
 from caspi.config import load_recipe
-from caspi.errors import ConfigError
+from caspi.progress import EVERY_ENV
 from caspi.train import loop
-from caspi.train.progress import EVERY_ENV, LINE_EVERY_S, ProgressDisplay, duration, is_terminal, line_interval
+from caspi.train.progress import ProgressDisplay
 
 
 class FakeClock:
@@ -95,29 +93,6 @@ def test_a_terminal_gets_the_bar_and_quiet_gets_nothing():
         quiet.step(1, epoch=1, phase="B", loss=2.5, lr=1e-3, clips_per_s=3.0, mem_gib=0.5)
         quiet.close()
         assert quiet.mode == "off" and out.getvalue() == ""
-
-
-def test_terminal_detection(tmp_path):
-    with open(tmp_path / "log", "w") as f:
-        assert not is_terminal(f)
-    assert not is_terminal(f)  # closed
-    assert not is_terminal(io.StringIO())
-    assert not is_terminal(object())
-
-
-def test_the_interval_from_the_environment():
-    assert line_interval({}) == LINE_EVERY_S == 30.0
-    assert line_interval({EVERY_ENV: "300"}) == 300.0
-    assert line_interval({EVERY_ENV: " "}) == LINE_EVERY_S
-    for bad in ("0", "-5", "soon", "nan", "inf"):
-        with pytest.raises(ConfigError, match=f"{EVERY_ENV}='{bad}': expected a positive number of seconds"):
-            line_interval({EVERY_ENV: bad})
-
-
-@pytest.mark.parametrize("seconds, text", [(0.4, "0 s"), (59.4, "59 s"), (60, "1 min 00 s"), (605, "10 min 05 s"),
-                                           (3599, "59 min 59 s"), (3600, "1 h 00 min"), (11040, "3 h 04 min")])
-def test_duration(seconds, text):
-    assert duration(seconds) == text
 
 
 def test_the_loop_writes_plain_lines_to_a_redirected_stderr(make_recipe, tmp_path, monkeypatch):

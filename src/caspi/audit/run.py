@@ -33,7 +33,6 @@ import math
 import multiprocessing as mp
 import os
 import random
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from caspi.data.cuts import (
     write_text_atomic,
 )
 from caspi.errors import AudioError, DataError
+from caspi.progress import progress as show_progress
 
 REPORT_FILE, CLEANED_FILE, SCORES_FILE = "alignment_report.json", "cleaned.jsonl.gz", "scores.jsonl"
 REMOVED_FILE = "removed.jsonl"  # what cleaning took out: id, domain, reasons
@@ -367,9 +367,7 @@ def _measure(cuts: list, samples: list[AuditSample], scorers: list[Scorer], cach
                 if cache.unreadable(s.id) is None and any(cache.get(s.id, sc) is None for sc in audio_scorers)]
     if not todo_idx:
         return made
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(todo_idx), desc=desc, unit="clip", disable=not progress, file=sys.stderr)
+    bar = show_progress(len(todo_idx), desc, enabled=progress)
     try:
         for start in range(0, len(todo_idx), CHUNK):
             chunk = todo_idx[start:start + CHUNK]

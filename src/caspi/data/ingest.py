@@ -37,7 +37,6 @@ from pathlib import Path
 
 import soundfile as sf
 from lhotse import CutSet, MonoCut
-from tqdm.auto import tqdm
 
 from caspi.data.audio import SAMPLE_RATE, decode_audio, write_flac
 from caspi.data.cuts import load_cut_audio, make_cut, write_jsonl, write_manifest
@@ -48,6 +47,7 @@ from caspi.data.importers.lhotse import from_lhotse
 from caspi.data.importers.nemo import from_nemo
 from caspi.data.importers.sets import EVAL_SETS, EvalSet, open_eval_set
 from caspi.errors import AudioError, ConfigError, DataError
+from caspi.progress import progress as show_progress
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def import_source(
     cuts, rejections, warnings = [], [], []
     written = in_place = 0
     seen_ids: set[str] = set()
-    bar = tqdm(total=total, desc=f"import ({kind})", unit="clip", disable=not progress)
+    bar = show_progress(total, f"import ({kind})", enabled=progress)
     checked = _check_before_decoding(jobs, seen_ids, audio_dir)
     decode = _Decoder(max_duration=max_duration, min_duration=min_duration)
     results = _ordered_map(decode, checked, workers)

@@ -45,13 +45,13 @@ from pathlib import Path
 
 import numpy as np
 from lhotse import CutSet
-from tqdm import tqdm
 
 from caspi.data.audio import SAMPLE_RATE, decode_audio, resample, write_flac
 from caspi.data.checks import is_int
 from caspi.data.cuts import make_cut, write_jsonl, write_manifest
 from caspi.data.text import for_training
 from caspi.errors import ConfigError, DataError, DependencyError
+from caspi.progress import progress as show_progress
 
 DOMAINS = ("studio", "broadcast", "whatsapp", "d1")
 ERROR_KINDS = (
@@ -546,7 +546,7 @@ def synthesize(
     lengths: list[tuple[int, int]] = []
     pool = ThreadPoolExecutor(max_workers=workers)  # threads suffice: the work is in espeak-ng subprocesses
     try:
-        with tqdm(total=len(clips), desc="synth", unit="clip", disable=not progress) as bar:
+        with show_progress(len(clips), "synth", enabled=progress) as bar:
             for result in pool.map(render, clips):  # results come back in clip order
                 lengths.append(result)
                 bar.update()

@@ -41,6 +41,7 @@ from caspi.errors import DataError
 from caspi.eval.bootstrap import bootstrap_ci, macro_bootstrap, percentile_ci
 from caspi.longform import chunk_limits, decode_long, is_loop
 from caspi.models.loading import load_model, trained_language
+from caspi.progress import progress as show_progress
 from caspi.scoring import UtteranceCounts, rate, utterance_counts
 
 PREDICTIONS, SUMMARY = "predictions.jsonl", "summary.json"
@@ -107,7 +108,6 @@ def _transcribe(spec: str, cuts: list, config: EvalConfig, language: str | None,
     (settings, throughput, chunk counts). Clips up to `chunk_seconds` are decoded whole in
     duration-sorted batches (little padding); longer ones in chunks (`caspi.longform.decode_long`)."""
     import torch
-    from tqdm import tqdm
 
     batch_size, num_beams = config.batch_size, config.num_beams
     model, processor, family = load_model(spec)
@@ -123,7 +123,7 @@ def _transcribe(spec: str, cuts: list, config: EvalConfig, language: str | None,
     loops = [False] * len(cuts)
     audio_s = 0.0
     started = time.perf_counter()
-    bar = tqdm(total=len(cuts), desc="eval", unit="clip", disable=not progress, file=sys.stderr)
+    bar = show_progress(len(cuts), "eval", enabled=progress)
     for start in range(0, len(whole), batch_size):
         rows = whole[start:start + batch_size]
         clips = [load_cut_audio(cuts[i]) for i in rows]

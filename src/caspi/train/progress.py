@@ -1,6 +1,6 @@
 """What the training loop shows of its progress on stderr: on a terminal, tqdm's bar redrawn in place; anywhere else
-(a file, a pipe, a SLURM job log) one plain line every `LINE_EVERY_S` seconds, plus a line at the start and one at
-the end. Nothing at all with `caspi train --quiet` or on ranks other than 0.
+(a file, a pipe, a SLURM job log) one plain line every `caspi.progress.LINE_EVERY_S` seconds, plus a line at the
+start and one at the end. Nothing at all with `caspi train --quiet` or on ranks other than 0.
 
 Why: tqdm redraws its bar with a carriage return up to ten times a second. In a file every redraw stays (about
 120 bytes each: a one-minute, 180-step tiny-model run wrote 12 KB of them; these lines, 0.65 KB), `tail -f` shows
@@ -10,7 +10,8 @@ be grepped for:
     train  step 1200/4000 (30 %)  epoch 2/5  phase A  loss 1.234 (mean of 31 steps)  lr 1.00e-04  35.2 clips/s
            mem 21.30 GiB  elapsed 30 min 04 s  ETA 1 h 10 min
 
-(one line in the log). The loss is the mean of the steps since the previous line (skipped steps left out), so no
+(one line in the log; `caspi.progress` has the interval, the terminal test and the same lines for the other
+commands). The loss is the mean of the steps since the previous line (skipped steps left out), so no
 step's loss is hidden between two lines; clips/s is the loop's rate over its last `train.log_every_steps` steps, the
 `samples_per_s` metrics.jsonl records; the ETA is the remaining steps at the mean pace of this start so far, evals
 and saves included.
@@ -20,8 +21,6 @@ and saves included.
 
 from __future__ import annotations
 
-import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -29,44 +28,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from caspi.errors import ConfigError
-
-LINE_EVERY_S = 30.0  # a line per half minute: a few KB an hour, and a stalled job shows within a minute
-EVERY_ENV = "CASPI_PROGRESS_EVERY_S"
-
-
-def is_terminal(stream: TextIO) -> bool:
-    """True when `stream` is a terminal (a redrawn bar is readable there); False for files, pipes and closed or
-    replaced streams without a file descriptor."""
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # no isatty, or a closed file
-        return False
-
-
-def line_interval(environ: dict[str, str] | None = None) -> float:
-    """Seconds between two plain progress lines: `CASPI_PROGRESS_EVERY_S` when set, else `LINE_EVERY_S`."""
-    value = (os.environ if environ is None else environ).get(EVERY_ENV)
-    if value is None or not value.strip():
-        return LINE_EVERY_S
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ConfigError(f"{EVERY_ENV}={value!r}: expected a positive number of seconds (default {LINE_EVERY_S:g})")
-    return seconds
-
-
-def duration(seconds: float) -> str:
-    """'45 s', '12 min 05 s', '3 h 04 min': to the second under an hour, to the minute above."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
-
+from caspi.progress import EVERY_ENV, duration, is_terminal, line_interval
 
 class ProgressDisplay:
     """The training loop's progress: `step()` after every optimizer step, `close()` when the loop ends (finished,
