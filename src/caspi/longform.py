@@ -42,7 +42,8 @@ import numpy as np
 
 from caspi.config import EvalConfig
 from caspi.data.text import for_scoring
-from caspi.data.vad import SAMPLE_RATE, as_mono, speech_probabilities, speech_segments
+from caspi.data.audio import SAMPLE_RATE
+from caspi.data.vad import as_mono, speech_probabilities, speech_segments
 from caspi.errors import ConfigError
 from caspi.models.families import ModelFamily
 

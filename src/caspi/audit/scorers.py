@@ -58,7 +58,7 @@ import numpy as np
 from caspi.audit.ctc_align import CtcAligner
 from caspi.audit.vad import vad_measures
 from caspi.config import EvalConfig
-from caspi.data.vad import SAMPLE_RATE
+from caspi.data.audio import SAMPLE_RATE
 from caspi.data.text import for_scoring
 from caspi.errors import CheckpointError, ConfigError
 from caspi.longform import chunk_limits, decode_long
@@ -312,10 +312,6 @@ def pause_count(text: str) -> int:
     return len(PAUSE_MARKS.findall(text))
 
 
-def _mad_scale(r: np.ndarray) -> float:
-    return 1.482602218505602 * float(np.median(np.abs(r - np.median(r))))  # MAD × 1/Φ⁻¹(¾): σ for normal data
-
-
 def _relative_lstsq(X: np.ndarray, y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """β minimising Σ w·((y − X·β) / p)²: least squares of residuals relative to the prediction p."""
     sw = np.sqrt(w) / p if w is not None else 1.0 / p
@@ -371,6 +367,8 @@ def robust_linear_fit(X: np.ndarray, y: np.ndarray, *, max_iter: int = 100) -> n
     (`least_squares(loss="huber")` takes a fixed one and is no high-breakdown start), and scikit-learn is not a
     dependency.
     """
+    from scipy.stats import median_abs_deviation  # as `_centre_scale`: scipy is imported only when scoring
+
     X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
     if len(y) <= X.shape[1]:
         return np.linalg.lstsq(X, y, rcond=None)[0]
@@ -378,7 +376,7 @@ def robust_linear_fit(X: np.ndarray, y: np.ndarray, *, max_iter: int = 100) -> n
     for _ in range(max_iter):
         p = np.maximum(X @ beta, MIN_EXPECTED_S)
         r = y / p - 1.0
-        scale = _mad_scale(r)
+        scale = float(median_abs_deviation(r, scale="normal"))  # MAD × 1.4826: σ for normal data
         if scale <= 0:  # more than half the rows fitted exactly: nothing left to reweight
             break
         u = np.abs(r) / scale
@@ -464,12 +462,15 @@ class RateScorer(Scorer):
             ratio = np.where(usable, expected / seconds, np.nan)
         return RateFit(expected, own, robust_scores(ratio, domains.tolist(), k, self.config.max_abs_z))
 
-    def _scores(self, samples, measures) -> RobustScores:
+    def _scores(self, samples, measures) -> tuple[RateFit | None, RobustScores]:
+        """(the fit, its scores), or (None, the characters per second against the domain's median) where the set
+        is too small for a fit."""
         fitted = self.fit(samples, measures)
         if fitted is not None:
-            return fitted.scores
+            return fitted, fitted.scores
         rates = np.array([m["chars_per_s"] for m in measures], dtype=float)
-        return robust_scores(rates, [s.domain for s in samples], self.config.min_domain_samples, self.config.max_abs_z)
+        return None, robust_scores(rates, [s.domain for s in samples], self.config.min_domain_samples,
+                                   self.config.max_abs_z)
 
     @staticmethod
     def _reasons(sc: RobustScores) -> list[list[str]]:
@@ -477,14 +478,13 @@ class RateScorer(Scorer):
                 for zi, t in zip(np.nan_to_num(sc.z), sc.limit)]
 
     def flag(self, samples, measures):
-        return self._reasons(self._scores(samples, measures))
+        return self._reasons(self._scores(samples, measures)[1])
 
     def explain(self, samples, measures):
         """"4.9 s of audio, 2.1 s expected from 31 letters and 2 pauses (studio fit), z -3.4, limit ±3.00"; the
         expected seconds are those at z 0 (the fit's prediction over the reference's median ratio). Without a fit,
         "5.0 chars/s, domain median 10.1 (z -5.2, limit ±3.39)"."""
-        fitted = self.fit(samples, measures)
-        sc = fitted.scores if fitted is not None else self._scores(samples, measures)
+        fitted, sc = self._scores(samples, measures)
         notes = []
         for i, (s, m, reasons) in enumerate(zip(samples, measures, self._reasons(sc))):
             if not reasons:

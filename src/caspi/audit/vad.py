@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from caspi.data.vad import SAMPLE_RATE, as_mono, speech_probabilities, speech_segments
+from caspi.data.audio import SAMPLE_RATE
+from caspi.data.vad import as_mono, speech_probabilities, speech_segments
 from caspi.errors import ConfigError
 
 

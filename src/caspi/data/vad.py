@@ -19,7 +19,7 @@ and restores the caller's count when it returns: each call is a few small convol
 (benchmarks/RESULTS.md); one thread is the predictable choice.
 
 Part of `caspi.data` (layer 1) so that both users, one layer apart, import it downwards; it imports only
-`caspi.errors`.
+`caspi.errors` and the audio rate of `caspi.data.audio`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from caspi.data.audio import SAMPLE_RATE  # 16 kHz: silero's 16 kHz model (its 8 kHz branch is not used)
 from caspi.errors import ConfigError, DataError
 
-SAMPLE_RATE = 16_000  # Hz; silero's 16 kHz model (its 8 kHz branch is not used: Caspi audio is 16 kHz)
 WINDOW = 512  # samples per model call at 16 kHz (32 ms); the model rejects any other size
 WINDOW_S = WINDOW / SAMPLE_RATE  # seconds per probability
 BLOCK_STEPS = 512  # windows (16.4 s) of a batch's padded audio built at a time: (B, 512 * 512) float32, B MiB

@@ -51,8 +51,9 @@ from caspi.eval.evaluate import evaluate, read_predictions
 ALL = "all"
 LEADERBOARD, SCORING = "leaderboard", "scoring"  # caspi.data.text normalisers: the leaderboard's, ours
 MANIFEST, IMPORT_RECORD, HYPOTHESES = "manifest.jsonl.gz", "import.json", "hypotheses.jsonl"
-# (key, normaliser, metric) of each figure in the table, in column order
+# (key, normaliser, metric) of each figure in the table, in column order; RECORDED: also in sets.csv and sets.json
 FIGURES = (("wer_leaderboard", LEADERBOARD, "wer"), ("wer_scoring", SCORING, "wer"), ("cer_scoring", SCORING, "cer"))
+RECORDED = (*FIGURES, ("cer_leaderboard", LEADERBOARD, "cer"))
 
 
 @dataclass
@@ -179,11 +180,9 @@ def _evaluate_one(entry: EvalSet, manifest: Path, folder: Path, config: EvalConf
     row = {"set": entry.name, "status": "ok", **_where(entry), "utterances": len(cuts),
            "audio_minutes": sum(c.duration for c in cuts) / 60, "rejected_at_import": sum(record["rejected"].values()),
            "empty_hypotheses": leaderboard.summary["empty_hypotheses"]}
-    for key, normaliser, metric in FIGURES:
+    for key, normaliser, metric in RECORDED:
         row[key] = summaries[normaliser][metric]
         row[f"{key}_ci95"] = summaries[normaliser][f"{metric}_ci95"]
-    row["cer_leaderboard"] = summaries[LEADERBOARD]["cer"]
-    row["cer_leaderboard_ci95"] = summaries[LEADERBOARD]["cer_ci95"]
     row["folders"] = {n: str(folder / n) for n in (LEADERBOARD, SCORING)}
     decoding = leaderboard.summary.get("decoding")
     if decoding is not None:
@@ -203,7 +202,7 @@ def _mean(rows: list[dict], out_dir: Path, resamples: int, seed: int) -> dict | 
     counts = {n: [read_predictions(out_dir / r["set"] / n)[1] for r in done] for n in (LEADERBOARD, SCORING)}
     sizes = [len(c.ref_words) for c in counts[LEADERBOARD]]
     groups = np.split(np.arange(sum(sizes)), np.cumsum(sizes)[:-1])  # (n,) indices of each set's utterances
-    for key, normaliser, metric in (*FIGURES, ("cer_leaderboard", LEADERBOARD, "cer")):
+    for key, normaliser, metric in RECORDED:
         parts = counts[normaliser]
         errors = np.concatenate([c.word_errors if metric == "wer" else c.char_errors for c in parts])
         refs = np.concatenate([c.ref_words if metric == "wer" else c.ref_chars for c in parts])
@@ -269,7 +268,7 @@ def _write_tables(result: SetsResult, *, model, root, config: EvalConfig, resamp
 
 def _csv(result: SetsResult) -> str:
     columns = ["set", "status", "hub_id", "split", "utterances", "audio_minutes"]
-    for key in (*(k for k, _, _ in FIGURES), "cer_leaderboard"):
+    for key, _, _ in RECORDED:
         columns += [key, f"{key}_lo", f"{key}_hi"]
     columns += ["rejected_at_import", "empty_hypotheses", "sets_in_mean", "reason"]
     buf = io.StringIO()
@@ -277,7 +276,7 @@ def _csv(result: SetsResult) -> str:
     writer.writeheader()
     for row in [*result.rows, *([result.mean] if result.mean else [])]:
         flat = dict(row)
-        for key in (*(k for k, _, _ in FIGURES), "cer_leaderboard"):
+        for key, _, _ in RECORDED:
             if f"{key}_ci95" in row:
                 flat[f"{key}_lo"], flat[f"{key}_hi"] = row[f"{key}_ci95"]
         if "sets" in row:
