@@ -150,13 +150,39 @@ def test_qwen_row_loss_is_independent_of_padding(qwen):
             out = model(**batch)
             assert torch.isfinite(out.loss)
             per_side[side] = row_losses(out.logits, batch["labels"])
-        alone = family.build_inputs(processor, AUDIO[1:2], TEXTS[1:2])
-        loss_alone = model(**alone).loss
+        alone = torch.stack([model(**family.build_inputs(processor, [a], [t])).loss for a, t in zip(AUDIO, TEXTS)])
     torch.testing.assert_close(per_side["left"], per_side["right"], rtol=1e-4, atol=1e-5)
-    # The middle row (longest audio and text) alone, unpadded, scores the same as inside either padded batch.
-    torch.testing.assert_close(per_side["left"][1], loss_alone, rtol=1e-4, atol=1e-5)
+    # Every row, alone and unpadded, scores the same as inside either padded batch: the shorter clips too, whose
+    # audio the feature extractor would pad to the longest (one more mel frame, silence's log-mel floor after it).
+    torch.testing.assert_close(per_side["left"], alone, rtol=1e-4, atol=1e-5)
     # and the rows differ from each other (the comparison above is not between constants)
     assert (per_side["left"].max() - per_side["left"].min()) > 1e-3
+
+
+def test_qwen_clip_inputs_and_transcript_do_not_depend_on_batch_mates():
+    family = get_family("qwen3_asr")
+    # The speech-like front-end init: with the default one a random model's output hardly depends on its audio, and
+    # the comparison below would pass whatever the audio tokens were (measured: 1e-7 apart before the fix, 1e-3 here).
+    model, processor = family.tiny(TEXTS, seed=0, size="xs", audio_init="he")
+    model.eval()
+    odd = tone(1.2345, 700.0)  # 19,752 samples: not a whole number of 160-sample hops
+    long = tone(3.3, 900.0)
+    alone = family.build_inputs(processor, [odd], None)
+    batch = family.build_inputs(processor, [odd, long], None, padding_side="left")
+    frames = int(alone["input_features_mask"].sum())
+    assert frames == 19_752 // 160  # the extractor's own count for the clip alone
+    assert int(batch["input_features_mask"][0].sum()) == frames
+    torch.testing.assert_close(batch["input_features"][0, :, :alone["input_features"].shape[-1]],
+                               alone["input_features"][0], rtol=0, atol=0)
+    assert not batch["input_features"][0, :, frames:].any()  # zeros after the clip, as alone
+    ids = alone["input_ids"][0]
+    assert torch.equal(batch["input_ids"][0, -ids.shape[0]:], ids)  # left-padded: the same prompt at the end
+    # Generation: the scores of every step, not only the tokens (a random model writes one token over and over).
+    with torch.no_grad():
+        one, two = (model.generate(**b, max_new_tokens=3, do_sample=False, output_scores=True,
+                                   return_dict_in_generate=True).scores for b in (alone, batch))
+    torch.testing.assert_close(torch.stack([s[0] for s in two]), torch.stack([s[0] for s in one]),
+                               rtol=0, atol=1e-5)
 
 
 def test_qwen_backward_and_generate(qwen):

@@ -21,6 +21,15 @@ def train_corpus(tmp_path_factory, espeak) -> Path:
 
 
 @pytest.fixture
+def golden_losses() -> list[float]:
+    """Losses of the first 6 optimizer steps of `make_recipe()` with train.max_steps=6, recorded from this code on CPU
+    (torch 2.13, transformers 5.23, espeak-ng 1.51). A change that moves them changed what the loop computes.
+    Re-recorded when Qwen3-ASR clips became batch-invariant (each clip's features computed alone instead of its audio
+    padded to the batch's longest; `Qwen3ASRFamily.build_inputs`): the first step moved most, 4.039 → 3.890."""
+    return [3.89027, 4.05114, 3.60280, 3.84446, 3.78185, 3.79890]
+
+
+@pytest.fixture
 def make_recipe(train_corpus, tmp_path):
     """`make_recipe(name, **sections)` writes a tiny recipe (see `tiny_recipe`) and returns its path."""
     return lambda name="recipe", **sections: tiny_recipe(train_corpus, tmp_path / f"{name}.yaml", **sections)

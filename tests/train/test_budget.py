@@ -17,9 +17,6 @@ from caspi.train import loop
 from caspi.cli import main
 from caspi.train.resources import EXIT_OVER_BUDGET, Budget, CostMeter, _round_up
 
-# test_loop.py's GOLDEN: the losses of the first 6 steps of `make_recipe()` with train.max_steps=6 (the test modules
-# are imported in importlib mode and cannot import each other).
-GOLDEN = [4.03911, 4.05110, 3.60332, 3.84946, 3.78309, 3.80324]
 
 
 def train_cli(recipe, out, *extra) -> int:
@@ -136,8 +133,8 @@ def test_schema_budget_needs_a_price_and_may_change_on_resume():
     assert Recipe(name="b", hardware={"price_per_gpu_hour": 2.0}).fingerprint() != plain.fingerprint()
 
 
-def test_cli_stops_at_the_budget_with_exit_4_and_resumes_when_raised(make_recipe, read_run, tmp_path, monkeypatch,
-                                                                     capsys):
+def test_cli_stops_at_the_budget_with_exit_4_and_resumes_when_raised(make_recipe, read_run, golden_losses, tmp_path,
+                                                                     monkeypatch, capsys):
     # A fake clock on which every optimizer step takes one hour; $1 per hour, a $2.5 budget: step 2 is 80 %, step 3
     # crosses it. Setup and eval take no time on it, so the figures are exact.
     clock = FakeClock()
@@ -175,7 +172,7 @@ def test_cli_stops_at_the_budget_with_exit_4_and_resumes_when_raised(make_recipe
     assert train_cli(recipe, run, "train.max_steps=6", "hardware.budget_usd=100") == 0
     err = capsys.readouterr().err
     assert steps == [1, 2, 3, 4, 5, 6]
-    assert [loss for _, loss in read_run.losses(run)] == pytest.approx(GOLDEN, rel=1e-4)
+    assert [loss for _, loss in read_run.losses(run)] == pytest.approx(golden_losses, rel=1e-4)
     assert ("caspi: projected cost of the run: $6.00 for 6 steps ($4.00 (4.000 GPU-hours × $1) after 4); 6% of "
             "hardware.budget_usd $100") in err
     costs = [(r["step"], r["gpu_hours"], r["cost_usd"]) for r in map(json.loads, (run / "metrics.jsonl").read_text(
