@@ -231,6 +231,9 @@ def test_loss_outliers_are_judged_within_their_own_domain():
                         notes[20]["loss_outlier"])
     assert re.match(r"loss 4\.00 nats/token, domain median (1\.9|2\.0)", notes[42]["loss_outlier"])
     assert notes[0] == {}
+    zs = scorer.flag_scores(samples, measures)  # the upper-tail z in the words, for the report's ranking
+    assert [i for i, z in enumerate(zs) if z] == [20, 42] and f"z {zs[20]['loss_outlier']:+.1f}," in notes[20][
+        "loss_outlier"]
     # One-sided: an unusually low loss (a transcript the model finds easy) is no evidence of a wrong one.
     assert scorer.flag(samples[:21], loss_measures(studio[:20] + [0.0])) == [[]] * 21
     assert scorer.false_alarm_rate == pytest.approx(0.00135, abs=1e-5)
@@ -470,3 +473,7 @@ def test_rate_reasons_say_the_seconds_expected_from_letters_and_pauses():
     assert re.fullmatch(r"4\.4 s of audio, 2\.6 s expected from 22 letters and 2 pauses \(studio fit\), "
                         r"z -\d+\.\d, limit ±3\.\d\d", notes[-1]["rate_low"])
     assert not any(notes[:-1])
+    # The report ranks by the fit's z, the one in the words, not by a z of characters per second.
+    zs = scorer.flag_scores(samples, scorer.measure(samples))
+    assert not any(zs[:-1]) and list(zs[-1]) == ["rate_low"] and zs[-1]["rate_low"] < -3
+    assert f"z {zs[-1]['rate_low']:+.1f}," in notes[-1]["rate_low"]

@@ -105,6 +105,9 @@ def test_flagged_samples_are_ranked_hard_first_then_by_score(built, injected):
         text = next(e.text for e in s.evidence if e.reason.startswith("rate_"))
         assert " chars/s, " in text and "median" in text and "(z " in text
         assert s.score is not None and s.score > 3.0
+        # ranked by the z the scorer flagged on, which the audit's report holds (`Scorer.flag_scores`)
+        assert set(s.z) >= {"rate_low", "rate_high"} & set(s.reasons)
+        assert s.score == pytest.approx(max(abs(z) for z in s.z.values()))
 
 
 def test_the_decision_domains_and_comparison_are_on_the_page(built, project):

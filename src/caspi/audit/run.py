@@ -455,12 +455,14 @@ def build_report(samples, scorers, cache, reasons, config, *, manifest: Path, cl
     hard = {s.id for s in low if any(is_hard(r) for r in reasons[s.id])}
     false_alarm_rate = sum(sc.false_alarm_rate for sc in scorers)
     notes: dict[str, dict[str, str]] = defaultdict(dict)  # sample id → reason → the values behind it
+    zs: dict[str, dict[str, float]] = defaultdict(dict)  # sample id → reason → the scorer's own z (`flag_scores`)
     sight: dict[str, dict[str, dict]] = {}  # scorer → domain → what it can see there (`Scorer.domain_report`)
     for scorer in scorers:
         rows = [s for s in samples if cache.get(s.id, scorer) is not None]  # the readable samples
         measures = [cache.get(s.id, scorer) for s in rows]
-        for s, note in zip(rows, scorer.explain(rows, measures)):
+        for s, note, z in zip(rows, scorer.explain(rows, measures), scorer.flag_scores(rows, measures)):
             notes[s.id].update(note)
+            zs[s.id].update(z)
         seen = scorer.domain_report(rows, measures)
         if seen:
             sight[scorer.name] = seen
@@ -511,6 +513,8 @@ def build_report(samples, scorers, cache, reasons, config, *, manifest: Path, cl
             entry["error"] = error
         if notes.get(s.id):
             entry["notes"] = notes[s.id]
+        if zs.get(s.id):
+            entry["z"] = zs[s.id]
         for scorer in scorers:
             m = cache.get(s.id, scorer)
             if m is not None:

@@ -155,6 +155,12 @@ class Scorer(ABC):
         the reason: "5.1 chars/s, domain median 11.0"); empty where a reason speaks for itself."""
         return [{} for _ in samples]
 
+    def flag_scores(self, samples: list[AuditSample], measures: list[dict]) -> list[dict[str, float]]:
+        """Per sample, {reason: the robust z it was flagged on} for the reasons `flag` gives, where that z is the
+        scorer's own (a fit's residual, a one-sided scale) and not the plain robust z of a measurement; the report
+        ranks flagged samples by it. Empty elsewhere: the report then works the z out from the measurements."""
+        return [{} for _ in samples]
+
     def domain_report(self, samples: list[AuditSample], measures: list[dict]) -> dict[str, dict]:
         """Per domain, what this scorer can see there (the report's `domain_statistics[domain][name]`): a dict with
         `sees` (bool: the scorer vouches for the domain) and `summary` (one line for the console), or nothing for
@@ -424,6 +430,7 @@ class RateScorer(Scorer):
 
     name, version = "rate", "2"
     reads = ("text", "duration")
+    _last: tuple | None = None  # (the samples and measures `_scores` last saw, its answer)
 
     def measure(self, samples):
         out = []
@@ -464,7 +471,14 @@ class RateScorer(Scorer):
 
     def _scores(self, samples, measures) -> tuple[RateFit | None, RobustScores]:
         """(the fit, its scores), or (None, the characters per second against the domain's median) where the set
-        is too small for a fit."""
+        is too small for a fit. The audit asks for flags, their words and their z of the same set one after the
+        other; the last set's answer is kept so that it is fitted once (0.7 s for 1,200 clips)."""
+        key = (tuple((x.id, x.domain, x.duration) for x in samples), tuple(tuple(sorted(m.items())) for m in measures))
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self._fit_scores(samples, measures))
+        return self._last[1]
+
+    def _fit_scores(self, samples, measures) -> tuple[RateFit | None, RobustScores]:
         fitted = self.fit(samples, measures)
         if fitted is not None:
             return fitted, fitted.scores
@@ -479,6 +493,10 @@ class RateScorer(Scorer):
 
     def flag(self, samples, measures):
         return self._reasons(self._scores(samples, measures)[1])
+
+    def flag_scores(self, samples, measures):
+        sc = self._scores(samples, measures)[1]
+        return [{r: float(zi) for r in reasons} for zi, reasons in zip(sc.z, self._reasons(sc))]
 
     def explain(self, samples, measures):
         """"4.9 s of audio, 2.1 s expected from 31 letters and 2 pauses (studio fit), z -3.4, limit ±3.00"; the
@@ -707,6 +725,10 @@ class LossScorer(_ModelScorer):
         seen = {d for d, v in self.domain_report(samples, measures, sc).items() if v["sees"]}
         return [["loss_outlier"] if s.domain in seen and zi > t else []
                 for s, zi, t in zip(samples, np.nan_to_num(sc.z), sc.limit)]
+
+    def flag_scores(self, samples, measures):
+        sc = self._scores(samples, measures)
+        return [{r: float(sc.z[i]) for r in reasons} for i, reasons in enumerate(self.flag(samples, measures))]
 
     def explain(self, samples, measures):
         sc = self._scores(samples, measures)

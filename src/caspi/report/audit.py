@@ -14,10 +14,12 @@ everything audited when the domain has fewer than the scorer's `min_domain_sampl
 flags by), with the robust z (`caspi.audit.scorers.robust_z`).
 
 Ranking ("sorted by score"): hard failures first (unreadable, no speech, empty or Latin transcript: facts, not
-evidence), then soft flags by their score, the largest robust |z| among the measurements behind the sample's
-reasons (`REASON_MEASURES`; a reason this module does not know, such as a new scorer's, is tied to the scorer
-whose name starts it, e.g. `loss_high` to `loss`, and to all of that scorer's numbers). Reasons and measurements
-this module does not know are still shown, generically.
+evidence), then soft flags by their score, the largest |z| behind the sample's reasons: the z the scorer flagged on
+where the report holds it (a flagged entry's `z`, `Scorer.flag_scores`: the rate scorer's fit residual, the loss
+scorer's upper-tail z), else the robust z of the measurements behind the reason (`REASON_MEASURES`; a reason this
+module does not know, such as a new scorer's, is tied to the scorer whose name starts it, e.g. `loss_high` to
+`loss`, and to all of that scorer's numbers). Reasons and measurements this module does not know are still shown,
+generically.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ _SHOWN_REPORT_KEYS = {"decision", "low_quality_percentage", "low_quality_ci95", 
                       "reasons", "thresholds", "manifest", "total_samples", "low_quality_samples",
                       "hard_failure_samples", "soft_only_samples", "sample_low_quality_percentage", "cleaning",
                       "visibility"}
-_ENTRY_KEYS = {"id", "domain", "reasons", "error", "notes"}  # a flagged entry's other dict values are measurements
+_ENTRY_KEYS = {"id", "domain", "reasons", "error", "notes", "z"}  # a flagged entry's other dicts are measurements
 
 
 @dataclass
@@ -89,6 +91,7 @@ class FlaggedSample:
     measures: dict[str, dict] = field(default_factory=dict)  # scorer → its numbers for this sample
     error: str | None = None  # why the audio could not be decoded
     notes: dict[str, str] = field(default_factory=dict)  # reason → the scorer's own words for its values
+    z: dict[str, float] = field(default_factory=dict)  # reason → the scorer's own z (`Scorer.flag_scores`)
     hard: bool = False
     score: float | None = None  # the largest robust |z| behind its soft reasons
     evidence: list[Evidence] = field(default_factory=list)
@@ -205,9 +208,11 @@ def _flagged(report: dict, folder: Path) -> list[FlaggedSample]:
     for entry in report.get("flagged", []):
         measures = {k: v for k, v in entry.items() if k not in _ENTRY_KEYS and isinstance(v, dict)}
         notes = entry.get("notes") if isinstance(entry.get("notes"), dict) else {}
+        zs = entry.get("z") if isinstance(entry.get("z"), dict) else {}
         by_id[entry["id"]] = FlaggedSample(entry["id"], str(entry.get("domain", "")), list(entry.get("reasons", [])),
                                            ["decision sample"], measures, entry.get("error"),
-                                           {str(k): str(v) for k, v in notes.items()})
+                                           {str(k): str(v) for k, v in notes.items()},
+                                           z={str(k): float(v) for k, v in zs.items() if _is_number(v)})
     removed = folder / REMOVED_FILE
     if removed.is_file():
         for n, line in enumerate(removed.read_text(encoding="utf-8").splitlines(), 1):
@@ -331,10 +336,13 @@ def _explain(s: FlaggedSample, refs: References, report: dict) -> None:
     s.hard = any(is_hard(r) for r in s.reasons)
     zs = []
     for reason in s.reasons:
-        for scorer, key in _tied(reason, s.measures):
-            st = refs.stat(scorer, key, s.id)
-            if st is not None and math.isfinite(st[1]):
-                zs.append(abs(st[1]))
+        if reason in s.z:  # the z the scorer flagged on (a fit's residual, a one-sided scale) over a plain one
+            zs.append(abs(s.z[reason]))
+        else:
+            for scorer, key in _tied(reason, s.measures):
+                st = refs.stat(scorer, key, s.id)
+                if st is not None and math.isfinite(st[1]):
+                    zs.append(abs(st[1]))
         # The scorer's own words when the report has them (`Scorer.explain`), else the same figures worked out here.
         words = s.notes.get(reason) or _words(reason, s, refs, thresholds)
         s.evidence.append(Evidence(reason, is_hard(reason), words))
