@@ -93,7 +93,7 @@ class FlaggedSample:
     notes: dict[str, str] = field(default_factory=dict)  # reason → the scorer's own words for its values
     z: dict[str, float] = field(default_factory=dict)  # reason → the scorer's own z (`Scorer.flag_scores`)
     hard: bool = False
-    score: float | None = None  # the largest robust |z| behind its soft reasons
+    score: float | None = None  # the largest |z| behind its soft reasons (`_explain`)
     evidence: list[Evidence] = field(default_factory=list)
     rows: list[Measure] = field(default_factory=list)
     text: str | None = None  # the transcript, from the manifest

@@ -137,7 +137,7 @@ estimated low quality in the manifest: <b>{{ "%.1f" | format(a.report.low_qualit
 
 <h3>Flagged samples</h3>
 <p class="note">{{ a.flagged | length }} flagged (the decision sample's and those cleaning removed), ranked: hard
-failures first, then by score, the largest robust |z| of the measurements behind the reasons. {% if a.shown < a.flagged | length %}The first
+failures first, then by score, the largest |z| behind the reasons (the z its scorer flagged on). {% if a.shown < a.flagged | length %}The first
 {{ a.shown }} are listed with their audio (raise <code>--max-samples</code> for more).{% endif %}</p>
 {% for s in a.flagged[:a.shown] %}
 <article class="sample" id="a{{ ai }}-s{{ loop.index }}">
