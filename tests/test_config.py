@@ -165,6 +165,18 @@ def test_whisper_clip_stretched_past_30_s_by_speed_perturbation_is_refused():
     assert load_recipe(RECIPES[0].parent / "round2-2xa100.yaml", ["data.max_duration=30"]).data.max_duration == 30
 
 
+def test_eval_chunks_longer_than_whisper_takes_are_refused_when_the_recipe_loads():
+    whisper = RECIPES[0].parent / "whisper-large-v3.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_recipe(whisper, ["eval.max_chunk_seconds=40"])
+    (problem,) = err.value.problems
+    assert problem == ("eval.max_chunk_seconds: 40 s is longer than whisper takes (30 s); set it and "
+                       "eval.chunk_seconds to at most 30")
+    assert load_recipe(whisper, ["eval.max_chunk_seconds=30"]).eval.max_chunk_seconds == 30
+    qwen = load_recipe(RECIPES[0].parent / "round2-2xa100.yaml", ["eval.max_chunk_seconds=40"])
+    assert qwen.eval.max_chunk_seconds == 40  # no fixed window
+
+
 def test_model_language_is_checked_by_the_family():
     whisper = RECIPES[0].parent / "whisper-large-v3.yaml"
     qwen = RECIPES[0].parent / "round2-2xa100.yaml"

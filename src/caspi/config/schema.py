@@ -576,10 +576,13 @@ def cross_checks(recipe: Recipe) -> list[str]:
 
 
 def _family_checks(recipe: Recipe) -> list[str]:
-    """What the model family allows: its language tag, and its longest clip after the slowest speed perturbation.
+    """What the model family allows: its language tag, its longest clip after the slowest speed perturbation, and
+    its longest eval chunk.
 
     A factor f below 1 stretches a clip of d seconds to d / f seconds, so the longest training clip is
-    `data.max_duration / min(1, speed factors)`; Whisper crashes mid-run on a clip past its 30 s window.
+    `data.max_duration / min(1, speed factors)`; Whisper crashes mid-run on a clip past its 30 s window. A long
+    recording is decoded in chunks of at most `eval.max_chunk_seconds` (`caspi.longform`), which must fit the window
+    too; `caspi eval --model` of another family than the recipe's is checked again when it decodes.
     """
     family = get_family(recipe.model.family)
     problems = []
@@ -599,5 +602,10 @@ def _family_checks(recipe: Recipe) -> list[str]:
                 f"{longest:.2f} s of audio, more than {recipe.model.family} takes ({limit:g} s); set "
                 f"data.max_duration to at most {allowed:g} s, or drop the factors below {max_duration / limit:.3g} "
                 "from augment.speed_factors"
+            )
+        if recipe.eval.max_chunk_seconds > limit:
+            problems.append(
+                f"eval.max_chunk_seconds: {recipe.eval.max_chunk_seconds:g} s is longer than {recipe.model.family} "
+                f"takes ({limit:g} s); set it and eval.chunk_seconds to at most {limit:g}"
             )
     return problems
