@@ -10,14 +10,7 @@ import pytest
 from caspi.cli import main
 from caspi.errors import ConfigError
 from caspi.progress import EVERY_ENV, LINE_EVERY_S, LineProgress, duration, is_terminal, line_interval, progress
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from caspi.testing import FakeClock
 
 
 def test_terminal_detection(tmp_path):

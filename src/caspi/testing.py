@@ -7,6 +7,7 @@
 - `tone(...)`, `metadata_cut(...)`: a sine clip; a cut whose audio file is never opened.
 - `meta_model(family, size)`, `save_tiny_model(folder, texts)`: a published model's skeleton on the meta device; a
   tiny random model saved as a base-model folder.
+- `FakeClock()`: a clock (seconds) for code that takes one (`clock=`), moved by hand through its `now`.
 
 Part of the package so that benchmarks/ can use it too. It imports `caspi.data` and `caspi.models` only (nothing of
 the layers above them, nothing under tests/) and not pytest.
@@ -86,3 +87,14 @@ def save_tiny_model(folder: str | Path, texts: list[str], family: str = "qwen3_a
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return Path(folder)
+
+
+class FakeClock:
+    """A clock in seconds that stands still until a test moves `now`. It starts at 1000, not 0: code under test must
+    use differences between readings, not absolute ones."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -14,6 +14,7 @@ import pytest
 from caspi.config import Recipe, validate_recipe_dict
 from caspi.errors import ConfigError
 from caspi.train import loop
+from caspi import testing
 from caspi.cli import main
 from caspi.train.resources import EXIT_OVER_BUDGET, Budget, CostMeter, _round_up
 
@@ -23,15 +24,7 @@ def train_cli(recipe, out, *extra) -> int:
     return main(["train", "--recipe", str(recipe), "--out", str(out), "--quiet", *extra])
 
 
-class FakeClock:
-    """Seconds; tests move `now` by hand."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+class FakeClock(testing.FakeClock):
     def hours(self, h: float) -> None:
         self.now += h * 3600
 

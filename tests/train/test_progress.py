@@ -10,14 +10,7 @@ from caspi.config import load_recipe
 from caspi.progress import EVERY_ENV
 from caspi.train import loop
 from caspi.train.progress import ProgressDisplay
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0  # not 0: the display must use differences, not absolute readings
-
-    def __call__(self) -> float:
-        return self.now
+from caspi.testing import FakeClock
 
 
 def lines_display(total=100, initial=0, every_s=30.0):

@@ -19,6 +19,7 @@ from caspi.models import get_family
 from caspi.models.loading import trained_language
 from caspi.train import loop
 from caspi.train.loop import train
+from caspi.testing import FakeClock
 from caspi.train.resources import CostMeter, hardware_warnings
 
 
@@ -87,14 +88,6 @@ def test_language_and_num_beams_reach_the_model_and_world_size_is_checked(make_r
     assert calls["decode"] and all(c["language"] == "English" for c in calls["decode"])
     assert trained_language(run) == "English" and trained_language(tmp_path / "eval") is None
     assert AsrScorer(AsrScorerConfig(enabled=True, model=str(run))).language == "English"
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_cost_meter_counts_gpu_hours_and_carries_over_a_resume(tmp_path):

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from caspi.progress import EVERY_ENV, duration, is_terminal, line_interval
 
+
 class ProgressDisplay:
     """The training loop's progress: `step()` after every optimizer step, `close()` when the loop ends (finished,
     preempted, over budget). `mode` is "bar" (tqdm, on a terminal), "lines" (plain lines) or "off"."""
