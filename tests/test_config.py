@@ -170,7 +170,7 @@ def test_eval_chunks_longer_than_whisper_takes_are_refused_when_the_recipe_loads
     with pytest.raises(ConfigError) as err:
         load_recipe(whisper, ["eval.max_chunk_seconds=40"])
     (problem,) = err.value.problems
-    assert problem == ("eval.max_chunk_seconds: 40 s is longer than whisper takes (30 s); set it and "
+    assert problem == ("eval.max_chunk_seconds: 40 s is longer than the whisper family takes (30 s); set it and "
                        "eval.chunk_seconds to at most 30")
     assert load_recipe(whisper, ["eval.max_chunk_seconds=30"]).eval.max_chunk_seconds == 30
     qwen = load_recipe(RECIPES[0].parent / "round2-2xa100.yaml", ["eval.max_chunk_seconds=40"])

@@ -76,11 +76,9 @@ class LongResult:
 
 def chunk_limits(family: ModelFamily, config: EvalConfig) -> tuple[float, float]:
     """(chunk_seconds, max_chunk_seconds) of `config`, checked against the family's window (Whisper: 30 s)."""
-    window = family.max_audio_seconds
-    if window is not None and config.max_chunk_seconds > window:
-        raise ConfigError(f"eval.max_chunk_seconds: {config.max_chunk_seconds:g} s is longer than the "
-                          f"{family.name} family takes ({window:g} s); set it and eval.chunk_seconds to at most "
-                          f"{window:g}")
+    problem = config.chunk_cap_problem(family.name, family.max_audio_seconds)
+    if problem:
+        raise ConfigError(problem)
     return config.chunk_seconds, config.max_chunk_seconds
 
 

@@ -306,7 +306,7 @@ def test_asr_measurements_follow_the_run_as_it_trains_further(corpus, tmp_path):
 
     def scorers():
         asr = AsrScorer(AsrScorerConfig(enabled=True, model=str(run_dir)),
-                        model=(None, None, SimpleNamespace(decode=decode, max_audio_seconds=None)))
+                        model=(None, None, SimpleNamespace(name="fake", decode=decode, max_audio_seconds=None)))
         return [TextScorer(TextScorerConfig()), asr]
 
     _, manifest = copy_corpus(corpus, tmp_path, 6)

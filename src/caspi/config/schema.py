@@ -210,6 +210,15 @@ class EvalConfig(_Section):
     loop_min_repeats: int = Field(4, ge=2)
     loop_min_share: float = Field(0.5, gt=0, le=1)
 
+    def chunk_cap_problem(self, family: str, window_s: float | None) -> str | None:
+        """Why `max_chunk_seconds` does not fit a model family that takes at most `window_s` seconds of audio (None:
+        no fixed window), or None when it fits. Checked when a recipe loads (`_family_checks`) and when a model of
+        whatever family decodes long recordings (`caspi.longform.chunk_limits`)."""
+        if window_s is None or self.max_chunk_seconds <= window_s:
+            return None
+        return (f"eval.max_chunk_seconds: {self.max_chunk_seconds:g} s is longer than the {family} family takes "
+                f"({window_s:g} s); set it and eval.chunk_seconds to at most {window_s:g}")
+
     @model_validator(mode="after")
     def _chunk_lengths(self):
         if self.chunk_seconds > self.max_chunk_seconds:
@@ -603,9 +612,7 @@ def _family_checks(recipe: Recipe) -> list[str]:
                 f"data.max_duration to at most {allowed:g} s, or drop the factors below {max_duration / limit:.3g} "
                 "from augment.speed_factors"
             )
-        if recipe.eval.max_chunk_seconds > limit:
-            problems.append(
-                f"eval.max_chunk_seconds: {recipe.eval.max_chunk_seconds:g} s is longer than {recipe.model.family} "
-                f"takes ({limit:g} s); set it and eval.chunk_seconds to at most {limit:g}"
-            )
+    chunk_problem = recipe.eval.chunk_cap_problem(recipe.model.family, limit)
+    if chunk_problem:
+        problems.append(chunk_problem)
     return problems
