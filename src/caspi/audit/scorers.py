@@ -58,10 +58,9 @@ import numpy as np
 from caspi.audit.ctc_align import CtcAligner
 from caspi.audit.vad import vad_measures
 from caspi.config import EvalConfig
-from caspi.data.audio import SAMPLE_RATE
 from caspi.data.text import for_scoring
 from caspi.errors import CheckpointError, ConfigError
-from caspi.longform import chunk_limits, decode_long
+from caspi.longform import decode_long
 from caspi.models.families import from_pretrained_or_raise
 from caspi.models.loading import (
     RUN_FILE,
@@ -636,17 +635,12 @@ class AsrScorer(_ModelScorer):
 
     def measure(self, samples):
         model, processor, family = self.loaded
-        audio = [s.audio for s in samples]
         # A recording longer than the family's comfortable chunk (30 s) is decoded in chunks cut at silences
-        # (caspi.longform); batches of short clips stay exactly as they were.
+        # (caspi.longform); a shorter clip is one chunk, decoded as `family.decode` decodes it (duration-sorted
+        # batches give the same transcripts as any other: a clip's inputs do not depend on its batch-mates).
         chunking = EvalConfig(max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size)
-        max_s, _ = chunk_limits(family, chunking)
-        if any(np.shape(a)[-1] > max_s * SAMPLE_RATE for a in audio):
-            hyps = [r.text for r in decode_long(family, model, processor, audio, config=chunking,
-                                                language=self.language)]
-        else:
-            hyps = family.decode(model, processor, audio, max_new_tokens=self.config.max_new_tokens,
-                                 batch_size=self.config.batch_size, language=self.language)
+        hyps = [r.text for r in decode_long(family, model, processor, [s.audio for s in samples], config=chunking,
+                                            language=self.language)]
         out = []
         for s, h in zip(samples, hyps):
             sc = score([s.text], [h])
