@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 # The main job (`caspi demo`, src/caspi/demo.py): synthesise Round 1's clean studio data and Round 2's noisy data of
 # four domains (8 % planted errors) → Round 1, a tiny Qwen3-ASR from scratch → Phase 0 on Round 2's data with Round 1
 # as a scorer → Round 2 from Round 1's weights, B→A, on the cleaned data (SIGTERM once, resumed) → eval and compare
-# both rounds → runs/demo/report/report.html and runs/demo/summary.md. About 9 minutes on 2 cores; run it again
+# both rounds → runs/demo/report/report.html and runs/demo/summary.md. About 10 minutes on 2 cores; run it again
 # after an interruption and the finished steps are kept.
 demo: $(STAMP)
 	$(BIN)/caspi demo --out $(RUNS)/demo --seed 0
@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_demo.py --seeds 0 1 2
 	$(BIN)/python benchmarks/bench_audit_real.py
 	$(BIN)/python benchmarks/bench_checkpointing.py
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/bench_cpu_bf16.py
 	$(BIN)/python benchmarks/bench_plan_memory.py || test $$? -eq 2  # exit 2: no CUDA here, nothing to compare
 	$(BIN)/python benchmarks/bench_audit_speed.py --n 2500
 	$(BIN)/python benchmarks/bench_checkpoint.py

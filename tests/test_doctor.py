@@ -160,6 +160,13 @@ def test_gpu_without_recipe():
     (replace(CUDA_2XA100, gpus=(A100,)), [], FAIL, "1 GPU(s) here, the recipe's hardware.gpus_per_node is 2"),
     (replace(CUDA_2XA100, gpus=(Gpu("NVIDIA A10", 22.1),) * 2), [], WARN, "less than hardware.gpu_memory_gib"),
     (CPU_ONLY, ["hardware.accelerator=cpu", "train.precision=fp32"], PASS, "training runs on CPU"),
+    (CPU_ONLY, ["hardware.accelerator=cpu", "train.precision=bf16"], PASS, "training runs on CPU"),
+    (replace(CPU_ONLY, cpu_bf16=False), ["hardware.accelerator=cpu", "train.precision=bf16"], WARN,
+     "this CPU has no native bf16"),
+    (replace(CPU_ONLY, cpu_bf16=False), ["hardware.accelerator=cpu", "train.precision=fp32"], PASS,
+     "training runs on CPU"),
+    (replace(CUDA_2XA100, cpu_bf16=False), ["hardware.accelerator=cpu", "train.precision=bf16"], WARN,
+     "this CPU has no native bf16"),
 ])
 def test_gpu_against_the_recipe(gpu_recipe, facts, overrides, status, words):
     recipe = load_recipe(RECIPES / "round2-2xa100.yaml", overrides)

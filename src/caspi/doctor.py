@@ -49,7 +49,7 @@ from caspi.models.families import is_local_path
 from caspi.models.loading import cached_hub_revision
 from caspi.plan import phase_memory
 from caspi.plan.params import plan_model
-from caspi.train.resources import MEMORY_TOLERANCE, hardware_warnings
+from caspi.train.resources import MEMORY_TOLERANCE, cpu_has_native_bf16, hardware_warnings
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 EXIT_OK, EXIT_FAIL = 0, 1
@@ -96,6 +96,7 @@ class TorchFacts:
     gpus: tuple[Gpu, ...] = ()  # the devices torch.cuda sees (CUDA and ROCm alike)
     driver: str | None = None  # the GPU driver's version, when nvidia-smi / rocm-smi tells it
     problem: str | None = None  # why torch sees no GPU on a GPU build (its own warning), if it says
+    cpu_bf16: bool = True  # the CPU computes bf16 in hardware (`caspi.train.resources.cpu_has_native_bf16`)
 
     @property
     def build(self) -> str:
@@ -139,7 +140,7 @@ def torch_facts() -> TorchFacts:
     elif caught:  # e.g. "CUDA initialization: The NVIDIA driver on your system is too old"
         problem = str(caught[0].message).strip().splitlines()[0]
     return TorchFacts(torch.__version__, torch.version.cuda, getattr(torch.version, "hip", None), gpus,
-                      _driver_version() if gpus else None, problem)
+                      _driver_version() if gpus else None, problem, cpu_has_native_bf16())
 
 
 def tiny_step(device: str) -> None:
@@ -371,6 +372,15 @@ def _gpu_line(facts: TorchFacts) -> str:
     return listed + (f", driver {facts.driver}" if facts.driver else "")
 
 
+def _emulated_bf16(facts: TorchFacts, recipe: Recipe) -> Check | None:
+    """A WARN when a CPU recipe asks for bf16 autocast on a CPU that would emulate it."""
+    if recipe.train.precision != "bf16" or facts.cpu_bf16:
+        return None
+    return Check("gpu", WARN, "training runs on CPU with train.precision bf16, and this CPU has no native bf16 "
+                              "(AVX512-BF16 or AMX): its bf16 kernels are emulated, maybe slower than float32",
+                 "train.precision=fp32")
+
+
 def check_gpu(probes: Probes, recipe: Recipe | None) -> Check:
     """The GPUs torch sees, against the recipe's hardware section (accelerator, gpus_per_node, gpu_memory_gib)."""
     facts = probes.torch()
@@ -380,9 +390,13 @@ def check_gpu(probes: Probes, recipe: Recipe | None) -> Check:
         if wants_gpu:
             return Check("gpu", FAIL, f"hardware.accelerator is cuda but there is no GPU here ({why})",
                          "--cpu-fallback or hardware.accelerator=cpu")
+        if recipe is not None and (emulated := _emulated_bf16(facts, recipe)):
+            return emulated
         return Check("gpu", PASS if recipe is not None else WARN, f"no GPU ({why}); training runs on CPU",
                      "" if recipe is not None else "for GPU training install a CUDA or ROCm build of torch")
     line = _gpu_line(facts)
+    if recipe is not None and not wants_gpu and (emulated := _emulated_bf16(facts, recipe)):
+        return emulated
     if recipe is None or not wants_gpu:
         return Check("gpu", PASS, line + ("; the recipe trains on CPU" if recipe is not None else ""))
     hw = recipe.hardware

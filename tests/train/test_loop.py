@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from caspi.cli import main
 from caspi.config import load_recipe
 from caspi.train import checkpoint as ckpt
-from caspi.train import loop
+from caspi.train import loop, resources
+from caspi.models.ctc import CtcHead
 from caspi.models.loading import load_run
 
 # Optimizer steps of the Whisper learning test (one 4-clip batch per epoch). Measured on 2 busy cores with the
@@ -271,6 +272,43 @@ def test_bf16_weights_train_with_float32_master_copies(make_recipe, read_run, tm
     assert {t.dtype for t in weights.values()} == {torch.float32}
     exported = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
     assert exported.get("dtype", exported.get("torch_dtype")) == "bfloat16"
+
+
+def test_bf16_on_cpu_autocasts_over_float32_weights(make_recipe, read_run, tmp_path, capsys, monkeypatch):
+    """`train.precision: bf16` on the CPU is mixed precision as on CUDA: the model's linears compute in bf16 (the
+    CTC head keeps float32 on purpose), the weights (and so the checkpoint) stay float32. Without native bf16 the
+    user is told it is emulated."""
+    recipe = load_recipe(make_recipe(train={"precision": "bf16", "max_steps": 2}))
+    assert recipe.train.ctc_aux_weight > 0
+    assert resources.pick_device(recipe, 0, cpu_fallback=False) == (torch.device("cpu"), torch.float32,
+                                                                      torch.bfloat16)
+    linears: list[tuple[int, torch.dtype]] = []  # (id of the Linear, its output's dtype) in training forwards
+    ctc_linears: set[int] = set()
+
+    def record(module, args, output):
+        if torch.is_grad_enabled() and isinstance(module, torch.nn.Linear):
+            linears.append((id(module), output.dtype))
+        elif isinstance(module, CtcHead):
+            ctc_linears.add(id(module.proj))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        loop.train(recipe, tmp_path / "run", progress=False)
+    finally:
+        handle.remove()
+    assert ctc_linears and {d for i, d in linears if i in ctc_linears} == {torch.float32}
+    assert {d for i, d in linears if i not in ctc_linears} == {torch.bfloat16}
+    losses = [x for _, x in read_run.losses(tmp_path / "run")]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    weights = load_file(ckpt.find_latest(tmp_path / "run" / "checkpoints") / ckpt.WEIGHTS_FILE)
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+
+    capsys.readouterr()
+    monkeypatch.setattr(resources, "cpu_has_native_bf16", lambda: False)
+    assert resources.pick_device(recipe, 0, cpu_fallback=False)[2] == torch.bfloat16
+    assert "emulated" in capsys.readouterr().err
+    fp32 = load_recipe(make_recipe(train={"precision": "fp32"}))
+    assert resources.pick_device(fp32, 0, cpu_fallback=False) == (torch.device("cpu"), torch.float32, None)
 
 
 def test_export_loads_with_from_pretrained_and_decodes_the_same(make_recipe, tmp_path, capsys, train_corpus):

@@ -115,7 +115,7 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(1.0, gt=0)  # max global grad norm; None disables clipping
     warmup_steps: int = Field(100, ge=0)  # linear warmup at the start of each phase
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup, per phase
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype on CUDA; fp32 on CPU unless bf16 asked
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype (on CPU: bf16 or fp32)
     gradient_checkpointing: bool = True
     ctc_aux_weight: float = Field(0.0, ge=0, lt=1)  # hybrid CTC/attention weight (REFERENCE.md); 0 disables
     max_bad_steps: int = Field(10, ge=1)  # consecutive NaN/inf-loss steps before the run stops

@@ -64,7 +64,7 @@ import math
 from dataclasses import dataclass, field
 
 from caspi.config import Recipe
-from caspi.plan.params import ModelDims, ModelPlan, PhaseParams
+from caspi.plan.params import ModelDims, ModelPlan, PhaseParams, where
 
 GIB = 2**30
 MARGIN = 0.10  # a plan fits when its total is at most (1 − MARGIN) of the card: allocator fragmentation, spikes
@@ -245,12 +245,7 @@ def _dtypes(recipe: Recipe) -> tuple[int, int]:
     """(weight bytes, compute bytes) as `caspi.train.resources.pick_device` chooses them (CUDA unless the
     recipe's accelerator is the CPU)."""
     w = DTYPE_BYTES[recipe.model.dtype]
-    precision = recipe.train.precision
-    if recipe.hardware.accelerator == "cuda":
-        c = {"bf16": 2, "fp16": 2, "fp32": w}[precision]
-    else:
-        c = 2 if precision == "bf16" and w == 2 else w
-    return w, c
+    return w, {"bf16": 2, "fp16": 2, "fp32": w}[recipe.train.precision]  # fp16 on CPU is refused at load
 
 
 def _trained_so_far(model_plan: ModelPlan, phase: PhaseParams) -> set[str]:
@@ -316,7 +311,8 @@ def activation_terms(model_plan: ModelPlan, phase: PhaseParams, recipe: Recipe, 
     if head_trains:
         outside += c * dims.hidden * tl
 
-    parts = {"kept": kept, "inputs": inputs, "largest": largest, "outside": outside}
+    # "copies_recomputed": with checkpointing, the autocast copies of the one layer backward recomputes
+    parts = {"kept": kept, "inputs": inputs, "largest": largest, "outside": outside, "copies_recomputed": 0}
     layers = inputs + largest if checkpointing else kept
     # (B, L, V): logits held by the output (c), float32 log-softmax kept by cross-entropy (4), and in backward the
     # float32 gradients of the loss and of the log-softmax (4 + 4).
@@ -329,12 +325,53 @@ def activation_terms(model_plan: ModelPlan, phase: PhaseParams, recipe: Recipe, 
             copies = 2 * (phase.outside_layers + per_layer)
         else:
             copies = 2 * phase.trainable
+    elif c < 4:  # autocast over a float32 model: every weight backward multiplies by is cast, frozen ones too
+        outside_w, layer_w = _float32_weights_on_gradient_path(model_plan, phase, checkpointing)
+        copies = 2 * (outside_w + layer_w)
+        parts["copies_recomputed"] = 2 * layer_w if checkpointing else 0
     ctc = 0
     if recipe.train.ctc_aux_weight > 0:
         # float32 logits, log-softmax (kept) and its gradient over (B, T_a, V + 1)
         ctc = ta * (dims.vocab + 1) * (4 + 4 + 4)
     return {"activations": layers + outside, "logits": logits, "autocast_copies": copies, "ctc_activations": ctc,
             **({"_parts": parts} if with_parts else {})}
+
+
+def _is_matmul_weight(name: str) -> bool:
+    """A Linear's or convolution's weight: what autocast casts (norms run in float32, embeddings are looked up)."""
+    return name.endswith(".weight") and not any(k in name for k in ("norm", "embed", "ln_post", "positional"))
+
+
+def _float32_weights_on_gradient_path(model_plan: ModelPlan, phase: PhaseParams,
+                                      checkpointing: bool) -> tuple[int, int]:
+    """(outside the layers, in the layers) parameters of the float32 matmul weights whose bf16 autocast copies
+    backward keeps: those of the recorded
+    layers (`grad_from` on; the gradient of their input needs them, trained or not), of the front end and the
+    projector when they are on that path, and of the LM head (the tied one is the embedding matrix) when the
+    decoder is. With checkpointing the layers' copies are made again in backward, one layer at a time: the
+    largest layer's then. Measured under CPU autocast in tests/plan/test_memory.py."""
+    g = phase.grad_from
+    names = phase.names
+    audio_on = g.get("audio") is not None
+    per_layer: dict[tuple[str, int], int] = {}
+    outside = 0
+    for name, n in model_plan.numel.items():
+        if not _is_matmul_weight(name):
+            continue
+        part, i = where(name)
+        if part in ("audio", "llm"):
+            if g.get(part) is not None and i >= g[part]:
+                per_layer[(part, i)] = per_layer.get((part, i), 0) + n
+        elif part == "audio_pre":
+            outside += n if phase.audio_frontend_trains else 0
+        elif part == "audio_post":
+            outside += n if audio_on or any(where(t)[0] == "audio_post" for t in names) else 0
+        elif part == "llm_post":
+            outside += n if g.get("llm") is not None else 0
+    if model_plan.dims.tied_embeddings and g.get("llm") is not None:
+        outside += next(n for name, n in model_plan.numel.items() if where(name)[0] == "llm_pre"
+                        and name.endswith("embed_tokens.weight"))
+    return outside, max(per_layer.values(), default=0) if checkpointing else sum(per_layer.values())
 
 
 def memory_plan(recipe: Recipe, model_plan: ModelPlan, phase: PhaseParams, *, micro_batch: int, world_size: int,
