@@ -1,6 +1,6 @@
 """`caspi demo` (the main job) against issue #16's targets, one full demo per seed.
 
-    python benchmarks/bench_demo.py --seeds 0 1 2      # RESULTS.md's table: about 9 minutes a seed on 2 cores
+    python benchmarks/bench_demo.py --seeds 0 1 2      # RESULTS.md's table: about 10-11 minutes a seed on 2 cores
 
 Each seed runs `caspi demo --out runs/bench-demo/seed-S --seed S` through the real CLI (a finished demo folder is
 kept, so a re-run only re-reads it; delete the folder to measure again) and checks its summary.json:

@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("demo", help="the Round-2 workflow on CPU: synth → Round 1 → Phase 0 with it → Round 2 from "
-                                     "it (preempted and resumed) → eval, compare → report.html (about 9 min)")
+                                     "it (preempted and resumed) → eval, compare → report.html (about 10 min)")
     p.add_argument("--out", default="runs/demo", help="output folder: new, empty, or an earlier demo of the same "
                                                       "seed and size (its finished steps are kept)")
     p.add_argument("--seed", type=int, default=0, help="synthesis and training seed")

@@ -13,7 +13,7 @@ import pytest
 
 from caspi.cli import main
 from caspi.data.synth import DOMAINS
-from caspi.demo import find_recipes, render_summary
+from caspi.demo import demo_precision, find_recipes, render_summary
 
 pytestmark = pytest.mark.espeak
 
@@ -60,6 +60,10 @@ def test_summary_compares_both_rounds_on_every_domain(demo):
     assert key["planted"] == 4 and key["removed"] == len(_jsonl(demo / "phase0" / "removed.jsonl"))
     assert set(summary["seconds"]) == {"synth", "plan", "round 1", "audit", "doctor", "round 2", "eval", "report",
                                        "total"}
+    assert summary["precision"] == demo_precision()  # bf16 where this CPU has it natively, else fp32
+    for stage in ("round1", "round2"):
+        meta = json.loads((demo / stage / "run.json").read_text(encoding="utf-8"))
+        assert meta["recipe"]["train"]["precision"] == summary["precision"]
     assert (demo / "summary.md").read_text(encoding="utf-8").strip() == render_summary(summary)
     page = (demo / "report" / "report.html").read_text(encoding="utf-8")
     assert "round 1" in page and "round 2" in page and "<audio" in page
