@@ -236,9 +236,9 @@ def run_demo(out: str | Path, *, run: Callable[[list[str]], int], seed: int = 0,
 
 
 def demo_precision() -> str:
-    """The `train.precision` of both rounds: bf16 autocast where the CPU computes bf16 in hardware (30 % faster
-    steps on the demo's model, `caspi.train.resources.pick_device`), else float32, which emulated bf16 would not
-    beat."""
+    """The `train.precision` of both rounds: bf16 autocast where the CPU computes bf16 in hardware (a step of the
+    demo's model in 0.64x the float32 time, benchmarks/bench_cpu_bf16.py), else float32, which emulated bf16 would
+    not beat."""
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 

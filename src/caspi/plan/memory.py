@@ -242,8 +242,7 @@ def frontend_bytes(dims: ModelDims, c: int, trains: bool = True) -> int:
 
 
 def _dtypes(recipe: Recipe) -> tuple[int, int]:
-    """(weight bytes, compute bytes) as `caspi.train.resources.pick_device` chooses them (CUDA unless the
-    recipe's accelerator is the CPU)."""
+    """(weight bytes, compute bytes) as `caspi.train.resources.pick_device` chooses them, on CUDA and CPU alike."""
     w = DTYPE_BYTES[recipe.model.dtype]
     return w, {"bf16": 2, "fp16": 2, "fp32": w}[recipe.train.precision]  # fp16 on CPU is refused at load
 
@@ -345,11 +344,10 @@ def _is_matmul_weight(name: str) -> bool:
 def _float32_weights_on_gradient_path(model_plan: ModelPlan, phase: PhaseParams,
                                       checkpointing: bool) -> tuple[int, int]:
     """(outside the layers, in the layers) parameters of the float32 matmul weights whose bf16 autocast copies
-    backward keeps: those of the recorded
-    layers (`grad_from` on; the gradient of their input needs them, trained or not), of the front end and the
-    projector when they are on that path, and of the LM head (the tied one is the embedding matrix) when the
-    decoder is. With checkpointing the layers' copies are made again in backward, one layer at a time: the
-    largest layer's then. Measured under CPU autocast in tests/plan/test_memory.py."""
+    backward keeps: those of the recorded layers (`grad_from` on; the gradient of their input needs them, trained
+    or not), of the front end and the projector when they are on that path, and of the LM head (the tied one is the
+    embedding matrix) when the decoder is. With checkpointing the layers' copies are made again in backward, one
+    layer at a time: the largest layer's then. Measured under CPU autocast in tests/plan/test_memory.py."""
     g = phase.grad_from
     names = phase.names
     audio_on = g.get("audio") is not None

@@ -211,9 +211,9 @@ def pick_device(recipe, local_rank: int, cpu_fallback: bool):
         return torch.device("cpu"), torch.float32, None
     if recipe.train.precision != "bf16":
         return torch.device("cpu"), dtype, None
-    # bf16 autocast over the recipe's weights dtype (float32 master weights as on CUDA): on a CPU with AVX512-BF16
-    # the tiny demo model's forward + backward ran 30 % faster than in float32 (a batch of 16 clips: 113-126 ms
-    # against 165-180 ms). Without it the bf16 kernels are emulated; that is the user's choice to make, said once.
+    # bf16 autocast over the recipe's weights dtype (float32 masters of what trains, as on CUDA): on a CPU with
+    # AVX512-BF16 a training step of the demo's model takes 0.64x the float32 time (benchmarks/bench_cpu_bf16.py).
+    # Without native bf16 the kernels are emulated; that is the user's choice to make, said once.
     if not cpu_has_native_bf16():
         print("caspi: train.precision bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): the bf16 kernels are "
               "emulated and may be slower than train.precision=fp32", file=sys.stderr)
