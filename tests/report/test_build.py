@@ -15,7 +15,8 @@ from caspi.data.cuts import read_manifest
 from caspi.errors import ConfigError, DataError
 from caspi.report.build import build_report
 from caspi.report.commands import COMMANDS_FILE
-from caspi.report.runs import phase_starts
+from caspi.report.runs import RunSection, phase_starts
+from caspi.report.runs import _facts as runs_section_facts
 
 
 class Page(HTMLParser):
@@ -135,6 +136,18 @@ def test_the_run_shows_phases_resumes_and_its_recipe(built):
     assert facts["resumed"] == "at step 30 (step-000030)" and facts["checkpoints saved"] == "6"
     assert [e["event"] for e in run.listed_events] == ["phase", "finished"]
     assert "round2-2xa100" in page.text and "unfreeze:" in (run.recipe_yaml or "")
+
+
+def test_steps_trained_is_the_last_step_not_the_last_logged_one():
+    """Train records come every log_every_steps (10 in the demo): a run that ended at step 2,472 logged its last at
+    2,470, and its final eval, checkpoint and "finished" event say 2,472."""
+    section = RunSection(folder=Path("round1"), meta={}, recipe_yaml=None,
+                         train=[{"step": 2460, "epoch": 24, "phase": "scratch", "loss": 0.3},
+                                {"step": 2470, "epoch": 24, "phase": "scratch", "loss": 0.25}],
+                         evals=[{"step": 2472, "wer": 0.3, "cer": 0.16}],
+                         events=[{"step": 2472, "event": "finished", "message": "finished at step 2472, epoch 24"}],
+                         phases=[], resumes=[], curves=None)
+    assert dict(runs_section_facts(section))["steps trained"] == "2,472 (epoch 24, phase scratch)"
 
 
 def test_commands_are_listed_oldest_first_with_this_report_last(built, project):

@@ -132,7 +132,10 @@ def _facts(s: RunSection) -> list[tuple[str, str]]:
     facts = []
     if s.train:
         last = s.train[-1]
-        facts.append(("steps trained", f"{last['step']:,} (epoch {last.get('epoch', '?')}, phase "
+        # Train records are logged every train.log_every_steps; the last step trained is the furthest any record
+        # reached (the final eval, checkpoint and "finished" event name it).
+        reached = max(r["step"] for r in (*s.train, *s.evals, *s.events) if isinstance(r.get("step"), int))
+        facts.append(("steps trained", f"{reached:,} (epoch {last.get('epoch', '?')}, phase "
                                        f"{last.get('phase', '?')})"))
         facts.append(("last train loss", _num(number(last.get("loss")))))
     if s.evals:
