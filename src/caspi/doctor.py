@@ -385,18 +385,16 @@ def check_gpu(probes: Probes, recipe: Recipe | None) -> Check:
     """The GPUs torch sees, against the recipe's hardware section (accelerator, gpus_per_node, gpu_memory_gib)."""
     facts = probes.torch()
     wants_gpu = recipe is not None and recipe.hardware.accelerator == "cuda"
+    if recipe is not None and not wants_gpu and (emulated := _emulated_bf16(facts, recipe)):
+        return emulated
     if not facts.gpus:
         why = facts.problem or ("torch is a CPU build" if facts.build == "CPU build" else "torch sees no device")
         if wants_gpu:
             return Check("gpu", FAIL, f"hardware.accelerator is cuda but there is no GPU here ({why})",
                          "--cpu-fallback or hardware.accelerator=cpu")
-        if recipe is not None and (emulated := _emulated_bf16(facts, recipe)):
-            return emulated
         return Check("gpu", PASS if recipe is not None else WARN, f"no GPU ({why}); training runs on CPU",
                      "" if recipe is not None else "for GPU training install a CUDA or ROCm build of torch")
     line = _gpu_line(facts)
-    if recipe is not None and not wants_gpu and (emulated := _emulated_bf16(facts, recipe)):
-        return emulated
     if recipe is None or not wants_gpu:
         return Check("gpu", PASS, line + ("; the recipe trains on CPU" if recipe is not None else ""))
     hw = recipe.hardware

@@ -349,8 +349,8 @@ def _float32_weights_on_gradient_path(model_plan: ModelPlan, phase: PhaseParams,
     embedding matrix) when the decoder is. With checkpointing the layers' copies are made again in backward, one
     layer at a time: the largest layer's then. Measured under CPU autocast in tests/plan/test_memory.py."""
     g = phase.grad_from
-    names = phase.names
-    audio_on = g.get("audio") is not None
+    # The projector's copies are kept when the gradient comes up from the encoder or the projector itself trains.
+    projector_on = g.get("audio") is not None or any(where(t)[0] == "audio_post" for t in phase.names)
     per_layer: dict[tuple[str, int], int] = {}
     outside = 0
     for name, n in model_plan.numel.items():
@@ -363,7 +363,7 @@ def _float32_weights_on_gradient_path(model_plan: ModelPlan, phase: PhaseParams,
         elif part == "audio_pre":
             outside += n if phase.audio_frontend_trains else 0
         elif part == "audio_post":
-            outside += n if audio_on or any(where(t)[0] == "audio_post" for t in names) else 0
+            outside += n if projector_on else 0
         elif part == "llm_post":
             outside += n if g.get("llm") is not None else 0
     if model_plan.dims.tied_embeddings and g.get("llm") is not None:
